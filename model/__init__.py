@@ -1,0 +1,1 @@
+"""The network: VGG-Face, the Torch7 loader, the gender classifier, training and evaluation."""

@@ -1,0 +1,1 @@
+"""Data: discovering Adience files, decoding images, the Beam preprocessing job, the tf.data reader."""

@@ -1,0 +1,49 @@
+"""The data contract shared by preprocessing, training, evaluation and classification: defined once."""
+from __future__ import annotations
+
+# Bump when the record layout or the manifest changes: readers refuse other versions.
+SCHEMA_VERSION = 1
+DEFAULT_IMAGE_SIZE = 224
+CHANNELS = 3
+CHANNEL_ORDER = "BGR"
+
+# Label meanings: the original's convention, 0 = female, 1 = male (male is the positive class).
+LABEL_NAMES = ("female", "male")
+GENDER_CODES = {"F": 0, "M": 1}
+
+# Split name -> folder of the agegender_cleaned variant.
+SPLIT_DIRS = {"train": "aligned", "valid": "valid"}
+
+MANIFEST_NAME = "manifest.json"
+REJECTS_NAME = "rejects.jsonl"
+RECORD_SUFFIX = ".tfrecord"
+
+# The eight Adience age groups, as (low, high) inclusive; the last one is open-ended.
+AGE_GROUPS = ((0, 2), (4, 6), (8, 13), (15, 20), (25, 32), (38, 43), (48, 53), (60, 200))
+
+
+def age_group_name(group: tuple[int, int]) -> str:
+    low, high = group
+    return f"{low}+" if high >= 200 else f"{low}-{high}"
+
+
+AGE_GROUP_NAMES = tuple(age_group_name(g) for g in AGE_GROUPS)
+
+
+def age_group_of(age: int) -> str:
+    """The Adience group of an age: inside a group, that group; between two groups, the nearer
+    one by distance to its closest bound, ties going to the older group."""
+    best = None
+    for group in AGE_GROUPS:
+        low, high = group
+        distance = 0 if low <= age <= high else min(abs(age - low), abs(age - high))
+        if best is None or distance <= best[0]:
+            best = (distance, group)
+        if distance == 0:
+            break
+    return age_group_name(best[1])
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    """File name of one shard, e.g. train-00003-of-00016.tfrecord."""
+    return f"{split}-{index:05d}-of-{count:05d}{RECORD_SUFFIX}"
