@@ -1,0 +1,60 @@
+"""Session fixtures shared by the test files: generated inputs are made once per run.
+
+Everything here is synthetic and small: a slim VGG_FACE-structured Torch7 file with random weights
+and an Adience-shaped folder of real image files with a learnable difference between the classes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices, so MirroredStrategy runs with two replicas on a CPU-only machine.
+# This must happen before TensorFlow initializes its devices, hence at conftest import.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+CLI = [sys.executable, os.path.join(ROOT, "cli.py")]
+
+
+@pytest.fixture(scope="session")
+def slim_t7(tmp_path_factory) -> str:
+    """A slim VGG_FACE-structured t7 (same 40-module topology, narrow layers, random weights)."""
+    from model.t7_writer import write_vggface_t7
+    from model.vggface import SLIM_WIDTHS
+
+    path = str(tmp_path_factory.mktemp("weights") / "slim_vggface.t7")
+    write_vggface_t7(path, SLIM_WIDTHS, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def adience_root(tmp_path_factory) -> tuple[str, object]:
+    """A generated Adience-shaped tree (good images and bad files) and its SyntheticSummary."""
+    from pipeline.synthetic import make_adience_tree
+
+    root = str(tmp_path_factory.mktemp("adience"))
+    summary = make_adience_tree(root, n_train=120, n_valid=40, seed=0, bad_files=True)
+    return root, summary
+
+
+@pytest.fixture(scope="session")
+def records_dir(adience_root, tmp_path_factory) -> str:
+    """The generated tree preprocessed by the Beam job (DirectRunner, one process: fastest for tests)."""
+    from pipeline.beam_job import run_preprocess
+
+    root, _ = adience_root
+    out = str(tmp_path_factory.mktemp("records"))
+    run_preprocess(root, out, image_size=224, train_shards=3, valid_shards=2,
+                   beam_args=["--direct_num_workers=1", "--direct_running_mode=in_memory"])
+    return out
