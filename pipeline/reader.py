@@ -1,0 +1,252 @@
+"""The tf.data reader: preprocessed records -> batches of (uint8 BGR images, float32 labels).
+
+Order of the pipeline, and why:
+- files (sharded across input pipelines, order shuffled by (seed, epoch) in low mode)
+  -> interleaved parallel reads with a fixed cycle length (so the order does not depend on the
+     machine's core count) and deterministic=True (so it is reproducible);
+- high mode: parse -> `.cache()` in RAM; the cached dataset is kept per process and reused by later
+  calls (one per epoch), so only the first epoch reads the disk;
+- shuffle (deterministic in (seed, epoch)) -> enumerate (each element's index in the epoch's order,
+  which seeds its augmentation) -> skip (exact resume: cheap, before parsing/augmenting) -> batch
+  -> parse a whole batch at once (low mode; `tf.io.parse_example` on a batch is much faster than per
+  record) -> augment on uint8 -> prefetch.
+Mean subtraction and the float cast are NOT done here: the model does them (on the accelerator).
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.errors import DataError
+from pipeline.manifest import Manifest, join, load_manifest
+from pipeline.schema import CHANNELS
+
+MEMORY_MODES = ("low", "high")
+# Low mode: a bounded shuffle buffer (of serialized records, about 150 KB each at 224x224, so
+# about 300 MB at most) plus a shuffled file order gives a good mix with bounded memory.
+LOW_SHUFFLE_BUFFER = 2048
+# Files read at once by the interleave. Fixed (not AUTOTUNE) because the interleave order depends
+# on it, and the same seed must give the same order on every machine.
+INTERLEAVE_CYCLE = 8
+# Per-file read buffer: large sequential reads (helps on network filesystems such as GCS).
+READ_BUFFER_BYTES = 4 << 20
+# High mode parses in chunks of this many records before unbatching into the cache.
+PARSE_CHUNK = 256
+
+FEATURE_SPEC = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "height": tf.io.FixedLenFeature([], tf.int64),
+    "width": tf.io.FixedLenFeature([], tf.int64),
+    "channels": tf.io.FixedLenFeature([], tf.int64),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    "age": tf.io.FixedLenFeature([], tf.int64),
+    "path": tf.io.FixedLenFeature([], tf.string),
+}
+
+
+def parse_record(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
+    """Parse serialized records (any shape, usually a batch [B]) into image uint8 [..., S, S, 3],
+    label float32, age int64 and path string."""
+    f = tf.io.parse_example(serialized, FEATURE_SPEC)
+    checks = [
+        tf.debugging.assert_equal(
+            f[key], tf.constant(expected, tf.int64),
+            message=f"a record's {key} differs from the manifest's image size; rerun preprocess --overwrite")
+        for key, expected in (("height", image_size), ("width", image_size), ("channels", CHANNELS))
+    ]
+    with tf.control_dependencies(checks):
+        flat = tf.io.decode_raw(f["image"], tf.uint8)
+    shape = tf.concat([tf.shape(serialized), [image_size, image_size, CHANNELS]], axis=0)
+    return {
+        "image": tf.reshape(flat, shape),
+        "label": tf.cast(f["label"], tf.float32),
+        "age": f["age"],
+        "path": f["path"],
+    }
+
+
+def _as_split_list(split: str | Sequence[str]) -> list[str]:
+    splits = [split] if isinstance(split, str) else list(split)
+    if not splits:
+        raise DataError("no split given; name at least one split (e.g. train)")
+    return splits
+
+
+def _check_splits(records_dir: str, manifest: Manifest, splits: list[str]) -> None:
+    available = sorted(manifest.splits)
+    for name in splits:
+        if name not in manifest.splits:
+            raise DataError(f"{records_dir} has no split {name!r}; available splits: {', '.join(available)}")
+    if sum(manifest.splits[name].count for name in splits) == 0:
+        raise DataError(f"split {'+'.join(splits)} of {records_dir} holds no records")
+
+
+def _shard_paths(records_dir: str, manifest: Manifest, splits: list[str]) -> list[str]:
+    paths = []
+    for name in splits:
+        for shard in manifest.splits[name].shards:
+            path = join(records_dir, shard)
+            if not FileSystems.exists(path):
+                raise DataError(f"shard {path} listed in the manifest is missing; the records directory is "
+                                f"incomplete: rerun `python cli.py preprocess ... -o {records_dir} --overwrite`")
+            paths.append(path)
+    return paths
+
+
+def describe_dataset(records_dir: str, split: str | Sequence[str], image_size: int | None = None) -> dict:
+    """Count, shards and the RAM the high memory mode needs (count x S x S x 3 bytes, before caching)."""
+    splits = _as_split_list(split)
+    manifest = load_manifest(records_dir, image_size)
+    _check_splits(records_dir, manifest, splits)
+    count = sum(manifest.splits[name].count for name in splits)
+    by_label: dict[str, int] = {}
+    for name in splits:
+        for label, n in manifest.splits[name].by_label.items():
+            by_label[label] = by_label.get(label, 0) + int(n)
+    size = manifest.image_size
+    return {
+        "splits": splits,
+        "count": count,
+        "by_label": by_label,
+        "shards": sum(len(manifest.splits[name].shards) for name in splits),
+        "image_size": size,
+        "bytes_in_memory": count * size * size * CHANNELS,
+    }
+
+
+def derive_seed(seed: int, epoch: int, purpose: str) -> int:
+    """A 31-bit seed that is a fixed function of (seed, epoch, purpose)."""
+    tag = int.from_bytes(hashlib.sha256(purpose.encode()).digest()[:4], "little")
+    return int(np.random.SeedSequence([int(seed), int(epoch), tag]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _pipeline_position(input_context) -> tuple[int, int]:
+    if input_context is None:
+        return 1, 0
+    return int(input_context.num_input_pipelines), int(input_context.input_pipeline_id)
+
+
+def _read_records(paths: list[str], num_pipelines: int, pipeline_id: int, file_seed: int | None) -> tf.data.Dataset:
+    """Serialized records of this input pipeline: files sharded when there are enough, else records."""
+    shard_records = num_pipelines > 1 and len(paths) < num_pipelines
+    if num_pipelines > 1 and not shard_records:
+        paths = paths[pipeline_id::num_pipelines]
+    if file_seed is not None:
+        paths = [paths[i] for i in np.random.default_rng(file_seed).permutation(len(paths))]
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    ds = files.interleave(
+        lambda p: tf.data.TFRecordDataset(p, buffer_size=READ_BUFFER_BYTES),
+        cycle_length=min(len(paths), INTERLEAVE_CYCLE), block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if shard_records:
+        ds = ds.shard(num_pipelines, pipeline_id)
+    return ds
+
+
+# High mode: the decoded, cached dataset per (records, splits, pipeline position), reused by later
+# calls so that epoch 2.. read from RAM (tf.data keeps a memory cache with the dataset object).
+_HIGH_CACHE: dict[tuple, tf.data.Dataset] = {}
+_HIGH_CACHE_LOCK = threading.Lock()
+
+
+def clear_memory_cache() -> None:
+    """Drop the decoded images kept for the high memory mode (frees the RAM)."""
+    with _HIGH_CACHE_LOCK:
+        _HIGH_CACHE.clear()
+
+
+def _cached_decoded(records_dir: str, manifest: Manifest, splits: list[str], paths: list[str],
+                    num_pipelines: int, pipeline_id: int) -> tf.data.Dataset:
+    # The manifest's content is part of the key: records rewritten in place are not served stale.
+    key = (records_dir, tuple(splits), num_pipelines, pipeline_id, manifest.to_json())
+    with _HIGH_CACHE_LOCK:
+        ds = _HIGH_CACHE.get(key)
+        if ds is None:
+            size = manifest.image_size
+            ds = (_read_records(paths, num_pipelines, pipeline_id, file_seed=None)
+                  .batch(PARSE_CHUNK)
+                  .map(lambda s: parse_record(s, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                  .unbatch()
+                  .cache())
+            _HIGH_CACHE[key] = ds
+        return ds
+
+
+def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, memory: str = "low",
+                 augment: bool = False, shuffle: bool = False, seed: int = 0, epoch: int = 0, skip: int = 0,
+                 with_meta: bool = False, input_context: tf.distribute.InputContext | None = None,
+                 drop_remainder: bool = False, cache_file: str | None = None,
+                 image_size: int | None = None, augment_params=None) -> tf.data.Dataset:
+    """One epoch of (images uint8 [B,S,S,3] BGR, labels float32 [B]) or, with_meta,
+    (images, labels, ages int64 [B], paths string [B]).
+
+    split: a split name or a list of them (read as one split, in the given order).
+    batch_size: with input_context, the PER-REPLICA batch (the strategy hands out consecutive batches).
+    memory: "high" caches the decoded images in RAM (describe_dataset says how much); "low" streams
+      with bounded memory (cache_file: also cache the serialized records to that local file).
+    shuffle/augment: deterministic functions of (seed, epoch); augmentation is for training only, the
+      caller leaves it off for validation. augment_params: an augment.AugmentParams (tests inject
+      e.g. flip-only settings); None means augment.DEFAULT_PARAMS.
+    skip: examples of this epoch (of this input pipeline's stream) already consumed, for exact resume.
+    """
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if skip < 0:
+        raise ValueError(f"skip must be >= 0, got {skip}")
+    splits = _as_split_list(split)
+    manifest = load_manifest(records_dir, image_size)
+    _check_splits(records_dir, manifest, splits)
+    paths = _shard_paths(records_dir, manifest, splits)
+    size = manifest.image_size
+    num_pipelines, pipeline_id = _pipeline_position(input_context)
+
+    if memory == "high":
+        ds = _cached_decoded(records_dir, manifest, splits, paths, num_pipelines, pipeline_id)
+        if shuffle:
+            # Everything is in RAM already: a full shuffle buffer gives a uniform permutation.
+            count = sum(manifest.splits[name].count for name in splits)
+            ds = ds.shuffle(max(count, 1), seed=derive_seed(seed, epoch, "shuffle"), reshuffle_each_iteration=False)
+    else:
+        file_seed = derive_seed(seed, epoch, "files") if shuffle and cache_file is None else None
+        ds = _read_records(paths, num_pipelines, pipeline_id, file_seed)
+        if cache_file:
+            ds = ds.cache(cache_file)
+        if shuffle:
+            ds = ds.shuffle(LOW_SHUFFLE_BUFFER, seed=derive_seed(seed, epoch, "shuffle"),
+                            reshuffle_each_iteration=False)
+
+    # Index of each element in this epoch's order: fixed before the skip, so a resumed epoch
+    # augments the remaining examples exactly as an uninterrupted one would.
+    ds = ds.enumerate()
+    if skip:
+        ds = ds.skip(skip)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+
+    if augment:
+        from pipeline.augment import DEFAULT_PARAMS, augment_batch
+
+        params = augment_params if augment_params is not None else DEFAULT_PARAMS
+        aug_key = derive_seed(seed, epoch, "augment")
+    else:
+        augment_batch = params = aug_key = None
+
+    def finish(index, element):
+        example = parse_record(element, size) if memory == "low" else element
+        images = example["image"]
+        if augment_batch is not None:
+            images = augment_batch(images, index, aug_key, params)
+        if with_meta:
+            return images, example["label"], example["age"], example["path"]
+        return images, example["label"]
+
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
