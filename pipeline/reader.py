@@ -222,26 +222,26 @@ def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, 
             ds = ds.shuffle(LOW_SHUFFLE_BUFFER, seed=derive_seed(seed, epoch, "shuffle"),
                             reshuffle_each_iteration=False)
 
-    # Index of each element in this epoch's order: fixed before the skip, so a resumed epoch
-    # augments the remaining examples exactly as an uninterrupted one would.
-    ds = ds.enumerate()
-    if skip:
+    if augment:
+        from pipeline.augment import DEFAULT_PARAMS, augment_batch, example_draws
+
+        params = augment_params if augment_params is not None else DEFAULT_PARAMS
+        key = derive_seed(seed, epoch, "augment")
+        # Each example's draws depend on its index in this epoch's order, numbered before the skip,
+        # so a resumed epoch augments the remaining examples exactly as an uninterrupted one would.
+        # The draws are a few scalars per example (cheap); the image work is done per batch.
+        ds = ds.enumerate().skip(skip)
+        ds = ds.map(lambda i, x: (x, example_draws(i, key)), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True)
+    elif skip:
         ds = ds.skip(skip)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
 
-    if augment:
-        from pipeline.augment import DEFAULT_PARAMS, augment_batch
-
-        params = augment_params if augment_params is not None else DEFAULT_PARAMS
-        aug_key = derive_seed(seed, epoch, "augment")
-    else:
-        augment_batch = params = aug_key = None
-
-    def finish(index, element):
+    def finish(element, draws=None):
         example = parse_record(element, size) if memory == "low" else element
         images = example["image"]
-        if augment_batch is not None:
-            images = augment_batch(images, index, aug_key, params)
+        if draws is not None:
+            images = augment_batch(images, draws, params)
         if with_meta:
             return images, example["label"], example["age"], example["path"]
         return images, example["label"]
