@@ -29,7 +29,17 @@ def add_convert_parser(sub) -> None:
 
 
 def cmd_convert(args) -> int:
-    raise NotImplementedError("convert")
+    from model.backbone import convert_t7_to_keras
+
+    print(f"reading {args.weights} …", flush=True)
+    summary = convert_t7_to_keras(args.weights, args.output)
+    w = summary.widths
+    print(f"converted {args.weights} -> {summary.output} "
+          f"({summary.bytes_written / 1e6:,.1f} MB) in {summary.seconds:.1f} s")
+    print(f"  conv widths {','.join(map(str, w.conv))}; fc6 {w.fc6}, fc7 {w.fc7}, "
+          f"fc8 {w.fc8} classes; {summary.params:,} parameters")
+    print("  input: uint8 224x224x3 BGR (the model subtracts the VGG-Face mean itself)")
+    return 0
 
 
 # ---------------------------------------------------------------- preprocess
