@@ -1,0 +1,416 @@
+"""The `preprocess` Beam job: Adience folders -> sharded TFRecords of decoded uint8 BGR faces.
+
+Shape of the job (only paths cross the runner; pixels are decoded and written by the same worker):
+
+    launcher: discover files (FileSystems.match), assign each to shard crc32(relpath) % N
+    Create([plan]) -> FlatMap: ((split, shard, N), (relpath, label, age))
+                   -> GroupByKey
+                   -> ParDo(WriteShard): sort paths, decode each, write one TFRecord file, plus a
+                      summary JSON and a heartbeat file in OUT/.tmp-<id>/
+    launcher: read the summaries, check found == written + rejected, move the shards into OUT,
+              write rejects.jsonl, then manifest.json (the commit point).
+
+Byte-identical output on every run and runner setting: shard membership is a stable hash of the
+relative path, records inside a shard are sorted by path, decoding is deterministic, and the
+record encoding is deterministic protobuf serialization.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+import time
+import uuid
+import zlib
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+# Beam's own TFRecord framing (length, masked CRC32C of length, payload, masked CRC32C of payload).
+# It is an internal helper (leading underscore), used because WriteToTFRecord cannot give us our own
+# deterministic sharding and per-shard order, and because it is the framing Beam itself writes and
+# reads; it picks google-crc32c (a pinned dependency) for the CRC, so it is fast.
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from pipeline.decode import DecodeError, decode_image, read_bytes
+from pipeline.discover import Discovery, discover
+from pipeline.errors import DataError
+from pipeline.manifest import Manifest, SplitInfo, write_manifest
+from pipeline.records import encode_example
+from pipeline.schema import (CHANNELS, DEFAULT_IMAGE_SIZE, LABEL_NAMES, MANIFEST_NAME, REJECTS_NAME,
+                             RECORD_SUFFIX, SPLIT_DIRS, shard_name)
+
+METRICS_NAMESPACE = "preprocess"
+# Default shard size: about this many bytes of raw pixels per shard (the TFRecord guide's
+# 100-200 MB), and at least two shards per split so that two workers have something to do.
+TARGET_SHARD_BYTES = 128 * 1024 * 1024
+MIN_SHARDS = 2
+HEARTBEAT_SECONDS = 1.0
+POLL_SECONDS = 0.5
+SHARDING = "zlib.crc32(utf-8 relative path) mod shard count; records sorted by path within a shard"
+_SHARD_FILE = re.compile(r"^(" + "|".join(SPLIT_DIRS) + r")-\d+-of-\d+" + re.escape(RECORD_SUFFIX) + r"$")
+_OUTPUT_NAMES = (MANIFEST_NAME, REJECTS_NAME)
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class PreprocessSummary:
+    """What a run wrote; `manifest` is exactly what OUT/manifest.json says."""
+
+    out: str
+    root: str
+    manifest: Manifest
+    found: int
+    written: int
+    rejected: int
+    rejects_path: str
+    reject_reasons: dict[str, int]           # reason (without details) -> count
+    skipped_folders: list[str]
+    seconds: float
+    images_per_second: float                 # inputs handled (written + rejected) per second
+    runner: str
+    counters: dict[str, int] | None = None   # Beam Metrics, when the runner answers metrics queries
+    replaced: list[str] = field(default_factory=list)   # old output files that were removed
+
+
+def stable_shard(relpath: str, shards: int) -> int:
+    """Shard of a file: a hash that is the same in every process and on every machine (unlike hash())."""
+    return zlib.crc32(relpath.encode("utf-8")) % shards
+
+
+def default_shards(count: int, image_size: int) -> int:
+    """About TARGET_SHARD_BYTES of raw pixels per shard, at least MIN_SHARDS (fewer only if fewer files)."""
+    raw = count * image_size * image_size * CHANNELS
+    return max(1, min(count, max(MIN_SHARDS, math.ceil(raw / TARGET_SHARD_BYTES))))
+
+
+# ------------------------------------------------------------------------------- worker side
+def _heartbeat_name(split: str, shard: int) -> str:
+    return f"{split}-{shard:05d}.json"
+
+
+class WriteShard(beam.DoFn):
+    """One (split, shard): decode its files in path order and stream them into one TFRecord file."""
+
+    def __init__(self, root: str, tmp: str, image_size: int):
+        self.root = root
+        self.tmp = tmp
+        self.image_size = image_size
+        self.written_counter = Metrics.counter(METRICS_NAMESPACE, "images_written")
+        self.rejected_counter = Metrics.counter(METRICS_NAMESPACE, "images_rejected")
+
+    def _write_json(self, folder: str, name: str, body: dict) -> None:
+        path = FileSystems.join(self.tmp, folder, name)
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(json.dumps(body, sort_keys=True).encode("utf-8"))
+
+    def process(self, element):
+        (split, shard, count), items = element
+        items = sorted(items)                      # (relpath, label, age): records ordered by path
+        name = shard_name(split, shard, count)
+        by_label: Counter = Counter()
+        by_age: Counter = Counter()
+        rejects = []
+        last_beat = time.monotonic()
+        # A retried bundle simply rewrites the same file: the output does not depend on retries.
+        with FileSystems.create(FileSystems.join(self.tmp, name),
+                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            for done, (relpath, label, age) in enumerate(items, 1):
+                try:
+                    data = read_bytes(FileSystems.join(self.root, relpath))
+                except Exception as err:  # noqa: BLE001 - an unreadable file is a reject, not a crash
+                    reason = f"cannot read file: {getattr(err, 'exception_details', None) or err}"
+                    rejects.append((relpath, reason))
+                    self.rejected_counter.inc()
+                else:
+                    try:
+                        image = decode_image(data, self.image_size)
+                    except DecodeError as err:
+                        rejects.append((relpath, err.reason))
+                        self.rejected_counter.inc()
+                    else:
+                        _TFRecordUtil.write_record(f, encode_example(image, label, age, relpath))
+                        by_label[LABEL_NAMES[label]] += 1
+                        by_age[str(age)] += 1
+                        self.written_counter.inc()
+                now = time.monotonic()
+                if now - last_beat >= HEARTBEAT_SECONDS:
+                    # The launcher polls these files: workers may be other processes or machines.
+                    self._write_json("progress", _heartbeat_name(split, shard), {"done": done})
+                    last_beat = now
+        self._write_json("summaries", _heartbeat_name(split, shard), {
+            "split": split, "shard": shard, "file": name, "assigned": len(items),
+            "written": sum(by_label.values()), "by_label": dict(by_label), "by_age": dict(by_age),
+            "rejects": rejects,
+        })
+
+
+def _explode(plan):
+    """The launcher's plan -> one (key, file) element per input file, keys in the planned order."""
+    for key, items in plan:
+        for item in items:
+            yield key, item
+
+
+# ------------------------------------------------------------------------------- launcher side
+def _beam_options(beam_args: list[str] | None) -> tuple[PipelineOptions, str]:
+    """Pipeline options with our DirectRunner defaults (multi-processing on every core) unless the
+    user chose; DataError for options that neither the CLI nor Beam knows (they would be dropped)."""
+    args = list(beam_args or [])
+    options = PipelineOptions(args)
+    known = set(options.get_all_options())
+    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - known)
+    if unknown:
+        raise DataError(f"unknown option(s) {', '.join('--' + u for u in unknown)}: neither preprocess "
+                        f"nor Beam's PipelineOptions knows them (see `python cli.py preprocess --help`)")
+    runner = options.view_as(StandardOptions).runner
+    direct = runner is None or runner in ("DirectRunner", "direct", "SwitchingDirectRunner")
+    if direct:
+        given = {a.split("=", 1)[0] for a in args}
+        if "--direct_running_mode" not in given:
+            args.append("--direct_running_mode=multi_processing")
+        if "--direct_num_workers" not in given:
+            args.append(f"--direct_num_workers={os.cpu_count() or 1}")
+        if "--default_sdk_harness_log_level" not in given:
+            # Local worker processes log every start and stop at INFO on our terminal otherwise.
+            args.append("--default_sdk_harness_log_level=WARNING")
+        options = PipelineOptions(args)
+        d = options.view_as(DirectOptions)
+        workers = d.direct_num_workers or (os.cpu_count() or 1)
+        description = f"DirectRunner ({d.direct_running_mode}, {workers} worker{'s' * (workers != 1)})"
+    else:
+        description = str(runner)
+    return options, description
+
+
+@contextmanager
+def _workers_can_import_us() -> Iterator[None]:
+    """Local worker processes (DirectRunner multi_processing) inherit the environment and must
+    import `pipeline` to unpickle the DoFn, also when the CLI was started from another folder
+    without installing the package: put the project root on their PYTHONPATH while the job runs.
+    (Remote runners get the code through --setup_file or a container, as Beam documents.)"""
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    before = os.environ.get("PYTHONPATH")
+    parts = [p for p in (before or "").split(os.pathsep) if p]
+    if project not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([project, *parts])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def _existing_outputs(out: str) -> list[str]:
+    """Files in OUT that a previous run wrote (manifest, rejects, shards), as full paths."""
+    if not FileSystems.exists(out):
+        return []
+    try:
+        metas = FileSystems.match([FileSystems.join(out, "*")])[0].metadata_list
+    except Exception:  # noqa: BLE001 - an empty or unlistable prefix holds nothing of ours
+        return []
+    found = []
+    for meta in metas:
+        name = meta.path.replace("\\", "/").rsplit("/", 1)[-1]
+        if name in _OUTPUT_NAMES or _SHARD_FILE.match(name):
+            found.append(meta.path)
+    return sorted(found)
+
+
+def _read_json_files(folder: str) -> dict[str, dict]:
+    """name -> parsed JSON of every file in a folder; files being rewritten right now are skipped."""
+    try:
+        metas = FileSystems.match([FileSystems.join(folder, "*")])[0].metadata_list
+    except Exception:  # noqa: BLE001 - folder not created yet
+        return {}
+    bodies = {}
+    for meta in metas:
+        try:
+            with FileSystems.open(meta.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                bodies[meta.path.replace("\\", "/").rsplit("/", 1)[-1]] = json.loads(f.read())
+        except Exception:  # noqa: BLE001 - a heartbeat caught mid-write: use the next poll's value
+            continue
+    return bodies
+
+
+def _plan(discovery: Discovery, shard_counts: dict[str, int]):
+    """[(key, [(relpath, label, age), ...])] for every shard, largest first: the DirectRunner hands
+    grouped keys to its workers round-robin in arrival order, so this order balances the cores."""
+    groups: dict[tuple, list] = {}
+    for split, count in shard_counts.items():
+        for shard in range(count):
+            groups[(split, shard, count)] = []
+    for c in discovery.candidates:
+        count = shard_counts[c.split]
+        groups[(c.split, stable_shard(c.relpath, count), count)].append((c.relpath, c.label, c.age))
+    return sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":", 1)[0].split(" (", 1)[0]
+
+
+def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, train_shards: int | None = None,
+                   valid_shards: int | None = None, beam_args: list[str] | None = None,
+                   overwrite: bool = False, progress: Callable[[dict], None] | None = None) -> PreprocessSummary:
+    """Convert ROOT (agegender_cleaned layout, any Beam file system) into records in OUT.
+
+    progress, if given, is called about twice a second with {"done", "total", "rate"} (images
+    handled so far, images to handle, images/s since the start, start-up included).
+    """
+    start = time.monotonic()
+    if image_size < 1:
+        raise DataError(f"--image-size must be a positive number of pixels, got {image_size}")
+    for flag, value in (("--train-shards", train_shards), ("--valid-shards", valid_shards)):
+        if value is not None and value < 1:
+            raise DataError(f"{flag} must be at least 1, got {value}")
+    out = out.rstrip("/") or out
+    options, runner = _beam_options(beam_args)
+    discovery = discover(root)
+    root = discovery.root
+    if FileSystems.exists(out) and "://" not in out and not os.path.isdir(out):
+        raise DataError(f"output {out} is a file; -o needs a folder")
+    old = _existing_outputs(out)
+    if old and not overwrite:
+        raise DataError(f"{out} already holds records ({len(old)} files: manifest, shards or rejects); "
+                        f"pass --overwrite to replace them")
+
+    per_split = Counter(c.split for c in discovery.candidates)
+    requested = {"train": train_shards, "valid": valid_shards}
+    shard_counts = {split: requested.get(split) or default_shards(n, image_size)
+                    for split, n in sorted(per_split.items())}
+    plan = _plan(discovery, shard_counts)
+    total = len(discovery.candidates)
+
+    tmp = FileSystems.join(out, f"{_TMP_PREFIX}{uuid.uuid4().hex[:12]}")
+    try:
+        result, counters = _run_pipeline(plan, root, tmp, image_size, options, total, start, progress)
+        summaries = _read_json_files(FileSystems.join(tmp, "summaries"))
+        manifest, rejects = _reconcile(discovery, plan, shard_counts, summaries, image_size)
+        replaced = _commit(out, tmp, old, manifest, rejects)
+    finally:
+        try:
+            if FileSystems.exists(tmp):
+                FileSystems.delete([tmp])
+        except Exception:  # noqa: BLE001 - best effort; a stale .tmp-* folder is harmless
+            pass
+    seconds = time.monotonic() - start
+    if progress is not None:
+        progress({"done": total, "total": total, "rate": total / max(seconds, 1e-9)})
+    return PreprocessSummary(
+        out=out, root=root, manifest=manifest, found=manifest.found,
+        written=manifest.found - manifest.rejected, rejected=manifest.rejected,
+        rejects_path=FileSystems.join(out, REJECTS_NAME),
+        reject_reasons=dict(sorted(Counter(_reason_kind(r) for _, r in rejects).items())),
+        skipped_folders=discovery.skipped_folders, seconds=seconds,
+        images_per_second=manifest.found / max(seconds, 1e-9), runner=runner, counters=counters,
+        replaced=replaced)
+
+
+def _run_pipeline(plan, root, tmp, image_size, options, total, start, progress):
+    """Run the Beam pipeline in a background thread while this thread reports progress."""
+    pipeline = beam.Pipeline(options=options)
+    _ = (pipeline
+         | "Plan" >> beam.Create([plan])
+         | "OneElementPerFile" >> beam.FlatMap(_explode)
+         | "GroupByShard" >> beam.GroupByKey()
+         | "DecodeAndWriteShard" >> beam.ParDo(WriteShard(root, tmp, image_size)))
+    outcome: dict = {}
+
+    def run():
+        try:
+            with _workers_can_import_us():
+                result = pipeline.run()
+                result.wait_until_finish()
+            outcome["result"] = result
+        except BaseException as err:  # noqa: BLE001 - re-raised in the launching thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, name="beam-preprocess", daemon=True)
+    thread.start()
+    progress_dir = FileSystems.join(tmp, "progress")
+    summary_dir = FileSystems.join(tmp, "summaries")
+    while thread.is_alive():
+        thread.join(POLL_SECONDS)
+        if progress is not None and thread.is_alive():
+            beats = _read_json_files(progress_dir)
+            beats.update({k: {"done": v.get("assigned", 0)} for k, v in _read_json_files(summary_dir).items()})
+            done = min(total, sum(int(b.get("done", 0)) for b in beats.values()))
+            progress({"done": done, "total": total, "rate": done / max(time.monotonic() - start, 1e-9)})
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    counters = None
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+        counters = {c.key.metric.name: int(c.committed) for c in query["counters"]}
+    except Exception:  # noqa: BLE001 - some runners do not answer metrics queries
+        counters = None
+    return result, counters
+
+
+def _reconcile(discovery: Discovery, plan, shard_counts, summaries, image_size):
+    """Check every input is accounted for (written or rejected) and build the manifest."""
+    rejects: list[tuple[str, str]] = list(discovery.skipped)
+    splits: dict[str, SplitInfo] = {}
+    for split, count in shard_counts.items():
+        by_label = {name: 0 for name in LABEL_NAMES}
+        by_age: Counter = Counter()
+        shards = []
+        for shard in range(count):
+            body = summaries.get(_heartbeat_name(split, shard))
+            if body is None:
+                raise DataError(f"internal check failed: shard {shard} of {split} reported nothing; "
+                                f"nothing was replaced, rerun the command")
+            shards.append(body["file"])
+            for name, n in body["by_label"].items():
+                by_label[name] += n
+            by_age.update(body["by_age"])
+            rejects.extend((path, reason) for path, reason in body["rejects"])
+        splits[split] = SplitInfo(shards=shards, count=sum(by_label.values()), by_label=by_label,
+                                  by_age={a: by_age[a] for a in sorted(by_age, key=int)})
+    for key, items in plan:
+        split, shard, _ = key
+        body = summaries[_heartbeat_name(split, shard)]
+        if body["assigned"] != len(items) or body["written"] + len(body["rejects"]) != len(items):
+            raise DataError(f"internal check failed: {body['file']} was given {len(items)} files but wrote "
+                            f"{body['written']} and rejected {len(body['rejects'])}; nothing was replaced")
+    written = sum(s.count for s in splits.values())
+    if discovery.found != written + len(rejects):
+        raise DataError(f"internal check failed: found {discovery.found} files but wrote {written} and "
+                        f"rejected {len(rejects)}; nothing was replaced")
+    rejects.sort()
+    manifest = Manifest(image_size=image_size, source_root=discovery.root, splits=splits,
+                        found=discovery.found, rejected=len(rejects),
+                        extra={"sharding": SHARDING, "skipped_folders": discovery.skipped_folders})
+    return manifest, rejects
+
+
+def _commit(out: str, tmp: str, old: list[str], manifest: Manifest, rejects) -> list[str]:
+    """Swap the new output in. The old manifest goes first and the new one is written last, so at no
+    moment does OUT hold a manifest next to a mix of old and new shards."""
+    old_manifest = [p for p in old if p.replace("\\", "/").endswith("/" + MANIFEST_NAME)]
+    if old_manifest:
+        FileSystems.delete(old_manifest)
+    rest = [p for p in old if p not in old_manifest]
+    if rest:
+        FileSystems.delete(rest)
+    names = [name for split in manifest.splits.values() for name in split.shards]
+    if names:
+        FileSystems.rename([FileSystems.join(tmp, n) for n in names], [FileSystems.join(out, n) for n in names])
+    with FileSystems.create(FileSystems.join(out, REJECTS_NAME),
+                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write("".join(json.dumps({"path": p, "reason": r}) + "\n" for p, r in rejects).encode("utf-8"))
+    write_manifest(out, manifest)
+    return old

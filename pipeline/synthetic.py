@@ -1,0 +1,240 @@
+"""Generated Adience-shaped folders for the demo, the tests and the benchmarks.
+
+Real image files on disk in the `agegender_cleaned` layout (ROOT/aligned/<age>_<F|M>/*.jpg for
+training, ROOT/valid/... for validation), with a visual difference between the classes that even a
+frozen random-weight backbone picks up: female faces are bright and warm (reddish), male faces dark
+and cool (bluish), on random backgrounds with random shapes and per-pixel noise, so that no two
+images are identical and nothing else separates the classes. Mostly JPEG, plus every other format
+the decoder must handle, and (optionally) bad files of every kind the job must reject.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from pipeline.schema import GENDER_CODES, LABEL_NAMES, SPLIT_DIRS
+
+# Folder ages: one inside each Adience group, plus 35 between groups (25-32 and 38-43).
+AGES = (2, 5, 10, 17, 28, 35, 40, 50, 65)
+
+# Face colours (RGB) per label: the learnable cue is both hue and brightness, so greyscale
+# images keep it too (female bright, male dark).
+_FACE_RGB = {0: (232.0, 150.0, 125.0), 1: (70.0, 100.0, 175.0)}
+_FACE_JITTER = 18.0
+
+# Kinds of good image besides plain JPEG, one of each per split when the split is large enough.
+SPECIAL_KINDS = ("png", "gray_jpeg", "cmyk_jpeg", "palette_png", "rgba_png", "exif_rotated_jpeg",
+                 "small_jpeg", "large_png")
+# Kinds of bad file (what the job must reject) -> how the file is made.
+BAD_KINDS = ("random_bytes", "broken_jpeg", "truncated_jpeg", "empty", "text", "bad_folder")
+BAD_FOLDER = "unknown"
+EXIF_ORIENTATION = 0x0112
+
+
+@dataclass
+class SyntheticSummary:
+    """What make_adience_tree wrote: the expected content of the preprocessed output."""
+
+    root: str
+    image_size: int
+    by_label: dict[str, dict[str, int]]       # split -> "female"/"male" -> good images
+    by_age: dict[str, dict[str, int]]         # split -> folder age as a string -> good images
+    images: dict[str, str]                    # relpath -> kind of every good image
+    rejects: dict[str, str]                   # relpath -> bad kind (see BAD_KINDS)
+    skipped_folders: list[str] = field(default_factory=list)   # relpaths of badly named folders
+    red_image: str | None = None              # relpath of a pure red (255, 0, 0) PNG, label female
+
+    def count(self, split: str) -> int:
+        return sum(self.by_label.get(split, {}).values())
+
+    @property
+    def good(self) -> int:
+        return len(self.images)
+
+    @property
+    def found(self) -> int:
+        """Every file under aligned/ and valid/: good images plus files to reject."""
+        return len(self.images) + len(self.rejects)
+
+
+def _render(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+    """One face-like RGB uint8 picture: background gradient, shaded ellipse, features, shapes, noise."""
+    # Shapes are drawn at a quarter of the resolution and upscaled (smooth, and 16x less work);
+    # the noise is added at full resolution so every file differs and compresses like a photo.
+    low = max(32, size // 4)
+    yy, xx = np.mgrid[0:low, 0:low].astype(np.float32) / low
+    c0, c1 = rng.uniform(60, 200, 3), rng.uniform(60, 200, 3)
+    angle = rng.uniform(0, 2 * np.pi)
+    t = np.clip(0.5 + (xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle), 0, 1)[..., None]
+    img = c0 * (1 - t) + c1 * t
+    # A few random shapes behind the face (random colours, so they carry no class information).
+    for _ in range(rng.integers(3, 7)):
+        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.04, 0.15)
+        mask = (np.abs(xx - cx) < r) & (np.abs(yy - cy) < r) if rng.random() < 0.5 \
+            else (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        img[mask] = rng.uniform(40, 220, 3)
+    # The face: an ellipse with the class colour, shaded towards its border.
+    cx, cy = 0.5 + rng.uniform(-0.05, 0.05, 2)
+    rx, ry = rng.uniform(0.27, 0.34), rng.uniform(0.34, 0.42)
+    d = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
+    face = d < 1
+    colour = np.array(_FACE_RGB[label], np.float32) + rng.uniform(-_FACE_JITTER, _FACE_JITTER, 3)
+    shade = (1.0 - 0.3 * d)[..., None]
+    img = np.where(face[..., None], colour * shade, img)
+    # Eyes and mouth: dark, at slightly random places.
+    for ex in (-0.11, 0.11):
+        e = ((xx - cx - ex) / 0.05) ** 2 + ((yy - cy + 0.08 + rng.uniform(-0.02, 0.02)) / 0.03) ** 2 < 1
+        img[e] = rng.uniform(10, 50)
+    mouth = (np.abs(xx - cx) < rng.uniform(0.06, 0.12)) & (np.abs(yy - cy - 0.18) < 0.02)
+    img[mouth] = (rng.uniform(60, 120), 30.0, 40.0)
+    small = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+    big = np.asarray(small.resize((size, size), Image.Resampling.BILINEAR), dtype=np.int16)
+    noise = rng.integers(-6, 7, size=(size, size, 1), dtype=np.int16)
+    return np.clip(big + noise, 0, 255).astype(np.uint8)
+
+
+def _encode(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> bytes:
+    """RGB pixels -> the bytes of a file of the given kind."""
+    im = Image.fromarray(rgb, "RGB")
+    out = io.BytesIO()
+    if kind in ("jpeg", "small_jpeg"):
+        im.save(out, "JPEG", quality=90)
+    elif kind in ("png", "large_png", "red_png"):
+        im.save(out, "PNG", compress_level=1)
+    elif kind == "gray_jpeg":
+        im.convert("L").save(out, "JPEG", quality=90)
+    elif kind == "cmyk_jpeg":
+        im.convert("CMYK").save(out, "JPEG", quality=90)
+    elif kind == "palette_png":
+        im.quantize(colors=64).save(out, "PNG")
+    elif kind == "rgba_png":
+        rgba = im.convert("RGBA")
+        alpha = np.full(rgb.shape[:2], 255, np.uint8)
+        alpha[: rgb.shape[0] // 8] = 0          # a transparent band at the top
+        rgba.putalpha(Image.fromarray(alpha, "L"))
+        rgba.save(out, "PNG", compress_level=1)
+    elif kind == "exif_rotated_jpeg":
+        # Stored turned a quarter left; orientation 6 tells viewers to turn it a quarter right.
+        exif = Image.Exif()
+        exif[EXIF_ORIENTATION] = 6
+        Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1))).save(out, "JPEG", quality=90, exif=exif)
+    else:
+        raise ValueError(f"unknown image kind {kind!r}")
+    return out.getvalue()
+
+
+def write_image(path: str, rgb: np.ndarray, kind: str = "jpeg", seed: int = 0) -> None:
+    """Write RGB pixels to `path` as a file of `kind` (one of "jpeg" and SPECIAL_KINDS)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(_encode(rgb, kind, np.random.default_rng(seed)))
+
+
+def face_image(label: int, size: int = 256, seed: int = 0) -> np.ndarray:
+    """One synthetic face (RGB uint8 size×size×3) of the given label: 0 female, 1 male."""
+    return _render(np.random.default_rng(seed), label, size)
+
+
+def pure_red(size: int = 64) -> np.ndarray:
+    """A pure red RGB picture (255, 0, 0): decoded, its BGR channel 2 is 255 and channels 0-1 are 0."""
+    rgb = np.zeros((size, size, 3), np.uint8)
+    rgb[..., 0] = 255
+    return rgb
+
+
+def bad_file_bytes(kind: str, rng: np.random.Generator, size: int = 64) -> bytes:
+    """The content of a file that must be rejected (see BAD_KINDS; not "bad_folder")."""
+    if kind == "empty":
+        return b""
+    if kind == "text":
+        return b"This is not an image: a note left in the data folder.\n"
+    if kind == "random_bytes":
+        return rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    jpeg = _encode(_render(rng, 0, size), "jpeg", rng)
+    if kind == "truncated_jpeg":
+        return jpeg[: len(jpeg) // 2]
+    if kind == "broken_jpeg":
+        # Intact headers, but the scan refers to a Huffman table that is not defined:
+        # libjpeg stops with an error (random entropy bytes would only make it warn).
+        data = bytearray(jpeg)
+        sos = data.find(b"\xff\xda")
+        data[sos + 6] = 0x33
+        return bytes(data)
+    raise ValueError(f"unknown bad kind {kind!r}")
+
+
+def _folder(age: int, label: int) -> str:
+    gender = {v: k for k, v in GENDER_CODES.items()}[label]
+    return f"{age}_{gender}"
+
+
+def make_adience_tree(root: str, n_train: int = 120, n_valid: int = 40, image_size: int = 256,
+                      seed: int = 0, bad_files: bool = True, variety: bool = True) -> SyntheticSummary:
+    """Write a generated Adience-shaped tree under `root` (a local directory) and say what is in it.
+
+    n_train / n_valid good images alternate female/male and cycle over AGES. With `variety`, each
+    split also gets one image of every SPECIAL_KINDS format/size (when it has at least twice as
+    many images) and the training split one pure red PNG; without it every image is a
+    image_size×image_size JPEG (the benchmark's input). With `bad_files`, the tree also holds one
+    file of every BAD_KINDS kind (plus a truncated one in valid/), the bad-folder one being a good
+    image inside aligned/unknown/.
+    """
+    rng = np.random.default_rng(seed)
+    by_label = {s: {name: 0 for name in LABEL_NAMES} for s in SPLIT_DIRS}
+    by_age: dict[str, dict[str, int]] = {s: {} for s in SPLIT_DIRS}
+    images: dict[str, str] = {}
+    rejects: dict[str, str] = {}
+    red_image = None
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        top = SPLIT_DIRS[split]
+        specials = list(SPECIAL_KINDS) if variety and n >= 2 * (len(SPECIAL_KINDS) + 1) else []
+        if specials and split == "train":
+            specials.append("red_png")
+        for i in range(n):
+            label = i % 2
+            age = AGES[(i // 2) % len(AGES)]
+            kind = specials[i] if i < len(specials) else "jpeg"
+            if kind == "red_png":
+                label = 0   # red is the warm (female) cue
+            size = {"small_jpeg": max(16, image_size // 2), "large_png": image_size * 3 // 2}.get(kind, image_size)
+            rgb = pure_red(size) if kind == "red_png" else _render(rng, label, size)
+            ext = "png" if kind.endswith("png") else "jpg"
+            relpath = f"{top}/{_folder(age, label)}/landmark_aligned_face.{i}.{rng.integers(1 << 40):010x}.{ext}"
+            path = os.path.join(root, *relpath.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(_encode(rgb, kind, rng))
+            images[relpath] = kind
+            by_label[split][LABEL_NAMES[label]] += 1
+            by_age[split][str(age)] = by_age[split].get(str(age), 0) + 1
+            if kind == "red_png":
+                red_image = relpath
+    skipped = []
+    if bad_files:
+        planned = [("train", kind) for kind in BAD_KINDS] + [("valid", "truncated_jpeg")]
+        for j, (split, kind) in enumerate(planned):
+            top = SPLIT_DIRS[split]
+            if kind == "bad_folder":
+                folder = f"{top}/{BAD_FOLDER}"
+                skipped.append(folder)
+                relpath = f"{folder}/landmark_aligned_face.bad.{j}.jpg"
+                data = _encode(_render(rng, 0, image_size), "jpeg", rng)
+            else:
+                relpath = f"{top}/{_folder(AGES[j % len(AGES)], j % 2)}/bad_{kind}.{j}.jpg"
+                data = bad_file_bytes(kind, rng)
+            path = os.path.join(root, *relpath.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+            rejects[relpath] = kind
+    for split in SPLIT_DIRS:   # a split with no file at all has no folder: not in the output
+        prefix = SPLIT_DIRS[split] + "/"
+        if not any(p.startswith(prefix) for p in (*images, *rejects)):
+            by_label.pop(split)
+            by_age.pop(split)
+    return SyntheticSummary(root=root, image_size=image_size, by_label=by_label, by_age=by_age,
+                            images=images, rejects=rejects, skipped_folders=skipped, red_image=red_image)
