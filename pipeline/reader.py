@@ -28,8 +28,8 @@ from pipeline.schema import CHANNELS
 
 MEMORY_MODES = ("low", "high")
 # Low mode: a bounded shuffle buffer (of serialized records, about 150 KB each at 224x224, so
-# about 300 MB at most) plus a shuffled file order gives a good mix with bounded memory.
-LOW_SHUFFLE_BUFFER = 2048
+# about 150 MB at most) plus a shuffled file order gives a good mix with bounded memory.
+LOW_SHUFFLE_BUFFER = 1024
 # Files read at once by the interleave. Fixed (not AUTOTUNE) because the interleave order depends
 # on it, and the same seed must give the same order on every machine.
 INTERLEAVE_CYCLE = 8
@@ -136,7 +136,9 @@ def _read_records(paths: list[str], num_pipelines: int, pipeline_id: int, file_s
     shard_records = num_pipelines > 1 and len(paths) < num_pipelines
     if num_pipelines > 1 and not shard_records:
         paths = paths[pipeline_id::num_pipelines]
-    if file_seed is not None:
+    # With record sharding the file order stays fixed, so each pipeline keeps the same records in
+    # every epoch and memory mode (there are fewer files than pipelines: little to shuffle anyway).
+    if file_seed is not None and not shard_records:
         paths = [paths[i] for i in np.random.default_rng(file_seed).permutation(len(paths))]
     files = tf.data.Dataset.from_tensor_slices(paths)
     ds = files.interleave(
