@@ -17,6 +17,7 @@ record encoding is deterministic protobuf serialization.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -162,18 +163,24 @@ def _explode(plan):
 
 
 # ------------------------------------------------------------------------------- launcher side
-def _beam_options(beam_args: list[str] | None) -> tuple[PipelineOptions, str]:
+def _beam_options(beam_args: list[str] | None) -> tuple[PipelineOptions, str, bool]:
     """Pipeline options with our DirectRunner defaults (multi-processing on every core) unless the
     user chose; DataError for options that neither the CLI nor Beam knows (they would be dropped)."""
     args = list(beam_args or [])
     options = PipelineOptions(args)
-    known = set(options.get_all_options())
-    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - known)
+    beam_logger = logging.getLogger("apache_beam.options.pipeline_options")
+    level = beam_logger.level
+    beam_logger.setLevel(logging.ERROR)   # its "Discarding unparseable args" warning: we raise instead
+    try:
+        known = set(options.get_all_options())
+        unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - known)
+    finally:
+        beam_logger.setLevel(level)
     if unknown:
         raise DataError(f"unknown option(s) {', '.join('--' + u for u in unknown)}: neither preprocess "
                         f"nor Beam's PipelineOptions knows them (see `python cli.py preprocess --help`)")
     runner = options.view_as(StandardOptions).runner
-    direct = runner is None or runner in ("DirectRunner", "direct", "SwitchingDirectRunner")
+    direct = runner is None or runner.lower() in ("directrunner", "direct")
     if direct:
         given = {a.split("=", 1)[0] for a in args}
         if "--direct_running_mode" not in given:
@@ -181,15 +188,29 @@ def _beam_options(beam_args: list[str] | None) -> tuple[PipelineOptions, str]:
         if "--direct_num_workers" not in given:
             args.append(f"--direct_num_workers={os.cpu_count() or 1}")
         if "--default_sdk_harness_log_level" not in given:
-            # Local worker processes log every start and stop at INFO on our terminal otherwise.
-            args.append("--default_sdk_harness_log_level=WARNING")
+            # Local worker processes otherwise log their start, stop and Beam-internal warnings on
+            # our terminal; errors still show.
+            args.append("--default_sdk_harness_log_level=ERROR")
         options = PipelineOptions(args)
         d = options.view_as(DirectOptions)
         workers = d.direct_num_workers or (os.cpu_count() or 1)
         description = f"DirectRunner ({d.direct_running_mode}, {workers} worker{'s' * (workers != 1)})"
     else:
         description = str(runner)
-    return options, description
+    return options, description, direct
+
+
+def _local_runner(options: PipelineOptions):
+    """The FnApiRunner, built the way Beam's DirectRunner builds it. Beam 2.77's DirectRunner first
+    tries the Prism runner, which it downloads from GitHub at run time and which does not honour
+    --direct_running_mode / --direct_num_workers; the FnApiRunner runs offline with our settings."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=provision)
 
 
 @contextmanager
@@ -276,7 +297,7 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
         if value is not None and value < 1:
             raise DataError(f"{flag} must be at least 1, got {value}")
     out = out.rstrip("/") or out
-    options, runner = _beam_options(beam_args)
+    options, runner, local = _beam_options(beam_args)
     discovery = discover(root)
     root = discovery.root
     if FileSystems.exists(out) and "://" not in out and not os.path.isdir(out):
@@ -295,7 +316,7 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
 
     tmp = FileSystems.join(out, f"{_TMP_PREFIX}{uuid.uuid4().hex[:12]}")
     try:
-        result, counters = _run_pipeline(plan, root, tmp, image_size, options, total, start, progress)
+        result, counters = _run_pipeline(plan, root, tmp, image_size, options, local, total, start, progress)
         summaries = _read_json_files(FileSystems.join(tmp, "summaries"))
         manifest, rejects = _reconcile(discovery, plan, shard_counts, summaries, image_size)
         replaced = _commit(out, tmp, old, manifest, rejects)
@@ -318,9 +339,9 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
         replaced=replaced)
 
 
-def _run_pipeline(plan, root, tmp, image_size, options, total, start, progress):
+def _run_pipeline(plan, root, tmp, image_size, options, local, total, start, progress):
     """Run the Beam pipeline in a background thread while this thread reports progress."""
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(runner=_local_runner(options) if local else None, options=options)
     _ = (pipeline
          | "Plan" >> beam.Create([plan])
          | "OneElementPerFile" >> beam.FlatMap(_explode)
