@@ -44,12 +44,58 @@ def cmd_convert(args) -> int:
 
 # ---------------------------------------------------------------- preprocess
 def add_preprocess_parser(sub) -> None:
-    p = sub.add_parser("preprocess", help="Beam job: Adience folders -> sharded TFRecords")
+    p = sub.add_parser(
+        "preprocess", help="Beam job: Adience folders -> sharded TFRecords",
+        description="Decode and resize every face once, in parallel on any Beam runner, into sharded "
+                    "TFRecords of uint8 BGR images plus manifest.json and rejects.jsonl. Options not "
+                    "listed here go to Beam's PipelineOptions (e.g. --runner=DataflowRunner "
+                    "--project=... --region=... --temp_location=gs://...); the default is the "
+                    "DirectRunner on every local core.")
+    p.add_argument("-i", "--input", required=True, metavar="ROOT",
+                   help="Adience root holding aligned/<age>_<F|M>/ and valid/<age>_<F|M>/ (local, gs://, s3://)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="records folder to write")
+    p.add_argument("--image-size", type=int, default=224, help="side of the square output images (default 224)")
+    p.add_argument("--train-shards", type=int, default=None,
+                   help="number of training shards (default: about 128 MB of pixels each, at least 2)")
+    p.add_argument("--valid-shards", type=int, default=None, help="number of validation shards (default: likewise)")
+    p.add_argument("--overwrite", action="store_true", help="replace the records already in OUT")
     p.set_defaults(func=cmd_preprocess)
 
 
 def cmd_preprocess(args, beam_args: list[str]) -> int:
-    raise NotImplementedError("preprocess")
+    from tqdm import tqdm
+
+    from pipeline.beam_job import run_preprocess
+
+    bars = []   # created at the first report, once the total is known
+
+    def progress(p: dict) -> None:
+        if not bars:
+            bars.append(tqdm(total=p["total"], unit="img", desc="preprocess", dynamic_ncols=True))
+        bars[0].update(p["done"] - bars[0].n)
+
+    try:
+        s = run_preprocess(args.input, args.output, image_size=args.image_size,
+                           train_shards=args.train_shards, valid_shards=args.valid_shards,
+                           beam_args=beam_args, overwrite=args.overwrite, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"wrote {s.written} records from {s.found} files in {s.root} to {s.out} "
+          f"({s.runner}, {s.seconds:.1f} s, {s.images_per_second:.0f} images/s)")
+    for split, info in s.manifest.splits.items():
+        labels = ", ".join(f"{n} {name}" for name, n in info.by_label.items())
+        print(f"  {split}: {info.count} images ({labels}) in {len(info.shards)} shards")
+    if s.rejected:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in s.reject_reasons.items())
+        print(f"  rejected: {s.rejected} ({reasons}); listed in {s.rejects_path}")
+    else:
+        print("  rejected: 0")
+    for folder in s.skipped_folders:
+        print(f"  skipped folder {folder}: its name is not <age>_<F|M> (its files are listed as rejects)")
+    if s.replaced:
+        print(f"  replaced {len(s.replaced)} files of the previous output")
+    return 0
 
 
 # ---------------------------------------------------------------- train
