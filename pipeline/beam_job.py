@@ -116,7 +116,7 @@ class WriteShard(beam.DoFn):
 
     def process(self, element):
         (split, shard, count), items = element
-        items = sorted(items)                      # (relpath, label, age): records ordered by path
+        items = sorted(i for i in items if i is not None)   # (relpath, label, age), ordered by path
         name = shard_name(split, shard, count)
         by_label: Counter = Counter()
         by_age: Counter = Counter()
@@ -158,6 +158,8 @@ class WriteShard(beam.DoFn):
 def _explode(plan):
     """The launcher's plan -> one (key, file) element per input file, keys in the planned order."""
     for key, items in plan:
+        if not items:
+            yield key, None     # an empty shard still gets its (empty) file and its summary
         for item in items:
             yield key, item
 
