@@ -110,22 +110,94 @@ def cmd_train(args) -> int:
 
 # ---------------------------------------------------------------- evaluate
 def add_evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="batch evaluation report with per-age accuracy and plots")
+    p = sub.add_parser("evaluate", help="batch evaluation report with per-age accuracy and plots",
+                       description="Score every record of a split with a trained classifier and write "
+                                   "report.json, predictions.csv and plots (ROC, confusion matrix, accuracy "
+                                   "per age group and gender, score histograms).")
+    p.add_argument("-m", "--model", required=True, help="trained classifier (.keras written by train)")
+    p.add_argument("-i", "--input", required=True, help="records directory written by preprocess")
+    p.add_argument("--split", default="valid", help="valid (default), train, or all")
+    p.add_argument("--report-dir", default=None,
+                   help="where the report goes (default: <model stem>_report beside the model)")
+    p.add_argument("-b", "--batch-size", type=int, default=64, help="batch size per device (default 64)")
+    p.add_argument("--memory", default="low", help="low (stream records, default) or high (decode into RAM)")
+    p.add_argument("--strategy", default="auto", help="auto (default), default, mirrored")
     p.set_defaults(func=cmd_evaluate)
 
 
+def _progress_bars(unit: str):
+    """A progress callback drawing one tqdm bar per split (or per run) on stderr."""
+    from tqdm import tqdm
+
+    bars: dict = {}
+
+    def on_event(event: dict) -> None:
+        key = event.get("split", "")
+        if event["event"] in ("split_start", "start"):
+            bars[key] = tqdm(total=event["total"], desc=key or None, unit=unit, file=sys.stderr,
+                             dynamic_ncols=True, leave=True, disable=None)
+        elif event["event"] == "batch" and key in bars:
+            bars[key].update(event["count"])
+        elif event["event"] in ("split_end", "end") and key in bars:
+            bars.pop(key).close()
+
+    return on_event
+
+
 def cmd_evaluate(args) -> int:
-    raise NotImplementedError("evaluate")
+    from model.evaluate import evaluate
+    from model.report import default_report_dir, summary_lines, write_report
+
+    evaluation = evaluate(args.model, args.input, split=args.split, batch_size=args.batch_size,
+                          memory=args.memory, strategy=args.strategy, progress=_progress_bars("img"))
+    report_dir = args.report_dir or default_report_dir(args.model)
+    report = write_report(evaluation, report_dir)
+    print("\n".join(summary_lines(report, report_dir)))
+    return 0
 
 
 # ---------------------------------------------------------------- classify
 def add_classify_parser(sub) -> None:
-    p = sub.add_parser("classify", help="classify image files, folders or lists of paths")
+    p = sub.add_parser("classify", help="classify image files, folders or lists of paths",
+                       description="Classify faces as female/male. PATH: an image, a folder (searched "
+                                   "recursively for jpg jpeg png bmp gif tif tiff webp) or a text file "
+                                   "listing paths (one per line, # comments). Exit status 1 when any "
+                                   "file could not be classified (its row says why).")
+    p.add_argument("-m", "--model", required=True, help="trained classifier (.keras written by train)")
+    p.add_argument("-i", "--input", required=True, nargs="+", metavar="PATH", help="images, folders, path lists")
+    p.add_argument("--format", choices=("table", "csv", "json"), default=None,
+                   help="output format (default: table; one image alone prints the original's line)")
+    p.add_argument("-o", "--output", default=None, help="write the rows to this file instead of stdout")
+    p.add_argument("-b", "--batch-size", type=int, default=64, help="images per model call (default 64)")
     p.set_defaults(func=cmd_classify)
 
 
 def cmd_classify(args) -> int:
-    raise NotImplementedError("classify")
+    from model.classify import classify, familiar_block, format_rows
+
+    result = classify(args.model, args.input, batch_size=args.batch_size, progress=_progress_bars("img"))
+    if result.single_image and args.format is None and args.output is None:
+        row = result.rows[0]
+        if row.error is not None:
+            print(f"error: {row.path}: {row.error}", file=sys.stderr)
+            return 1
+        print(familiar_block(row), end="")
+        return 0
+    text = format_rows(result.rows, args.format or "table")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    counts = result.counts()
+    summary = (f"classified {counts['images'] - counts['failed']} of {counts['images']} files: "
+               f"{counts.get('female', 0)} female, {counts.get('male', 0)} male, {counts['failed']} failed")
+    if result.skipped:
+        summary += f"; {result.skipped} files in the folders skipped (not an image extension)"
+    if args.output:
+        summary += f"; rows written to {args.output}"
+    print(summary, file=sys.stderr)
+    return 1 if counts["failed"] else 0
 
 
 # ---------------------------------------------------------------- demo

@@ -1,0 +1,296 @@
+"""Batch evaluation over preprocessed records: one score per example, then metrics that show where
+the model fails (per class, per gender, per Adience age group), not only one accuracy.
+
+Inference goes through `pipeline.reader.make_dataset(with_meta=True)`, so evaluation reads exactly
+the records training read. Under a multi-replica strategy the dataset is distributed with
+`distribute_datasets_from_function` and every replica's outputs are gathered back with their labels,
+ages and paths; a count check proves every example was scored exactly once.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from model.errors import ModelError
+from pipeline.errors import DataError
+from pipeline.schema import AGE_GROUP_NAMES, LABEL_NAMES, SPLIT_DIRS, age_group_of
+
+# A score above this is "male" (label 1). Strictly greater, as keras.metrics.binary_accuracy decides,
+# so `evaluate`'s accuracy equals what Keras would report for the same scores.
+DECISION_THRESHOLD = 0.5
+POSITIVE_CLASS = LABEL_NAMES[1]
+# The age-group rule, stated in the report in the words of the one function that applies it.
+AGE_GROUP_RULE = " ".join(inspect.getdoc(age_group_of).split())
+
+Progress = Callable[[dict], None]
+
+
+# ------------------------------------------------------------------ predictions
+@dataclass
+class SplitPredictions:
+    """Per-example outputs of one split, in the order the reader yielded them."""
+
+    split: str
+    paths: list[str]
+    labels: np.ndarray          # int64, 0 = female, 1 = male
+    ages: np.ndarray            # int64, the folder age
+    scores: np.ndarray          # float32 sigmoid = probability of male
+
+    def __post_init__(self) -> None:
+        n = len(self.paths)
+        if not (len(self.labels) == len(self.ages) == len(self.scores) == n):
+            raise ValueError("paths, labels, ages and scores must have one entry per example")
+
+    @property
+    def n(self) -> int:
+        return len(self.paths)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return predicted_labels(self.scores)
+
+    @property
+    def age_groups(self) -> list[str]:
+        return [age_group_of(int(a)) for a in self.ages]
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` produced: predictions and metrics per split, and where they came from."""
+
+    model_path: str
+    records_dir: str
+    predictions: dict[str, SplitPredictions]
+    metrics: dict[str, dict] = field(default_factory=dict)
+
+
+def predicted_labels(scores: np.ndarray) -> np.ndarray:
+    """0/1 decisions at DECISION_THRESHOLD (1 = male)."""
+    return (np.asarray(scores) > DECISION_THRESHOLD).astype(np.int64)
+
+
+def label_name(score: float) -> str:
+    """"female" or "male" for one sigmoid score."""
+    return LABEL_NAMES[int(score > DECISION_THRESHOLD)]
+
+
+# ------------------------------------------------------------------ metrics
+def binary_cross_entropy(labels: np.ndarray, scores: np.ndarray, eps: float | None = None) -> float:
+    """Mean binary cross-entropy, in float64, with Keras' clipping of p to [eps, 1 - eps]
+    (eps defaults to keras.config.epsilon(), 1e-7), so the figure matches Keras' loss."""
+    if eps is None:
+        import keras
+
+        eps = keras.config.epsilon()
+    y = np.asarray(labels, np.float64)
+    p = np.clip(np.asarray(scores, np.float64), eps, 1.0 - eps)
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
+
+
+def _accuracy(labels: np.ndarray, predicted: np.ndarray) -> float | None:
+    return float(np.mean(labels == predicted)) if len(labels) else None
+
+
+def _count_and_accuracy(labels: np.ndarray, predicted: np.ndarray) -> dict:
+    return {"n": int(len(labels)), "accuracy": _accuracy(labels, predicted)}
+
+
+def _per_gender(labels: np.ndarray, predicted: np.ndarray) -> dict:
+    return {name: _count_and_accuracy(labels[labels == k], predicted[labels == k])
+            for k, name in enumerate(LABEL_NAMES)}
+
+
+def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> dict:
+    """All report numbers of one split from its per-example labels (0/1), scores and ages.
+
+    Degenerate inputs stay valid JSON: a split with one class only has `auc` null and an
+    `auc_note`; an age group or gender without examples has n = 0 and accuracy null.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+    labels = np.asarray(labels).astype(np.int64)
+    scores = np.asarray(scores, np.float32)
+    ages = np.asarray(ages).astype(np.int64)
+    n = len(labels)
+    if n == 0:
+        raise DataError("no examples to evaluate")
+    if set(np.unique(labels)) - {0, 1}:
+        raise DataError(f"labels must be 0 (female) or 1 (male), got {sorted(set(np.unique(labels)))}")
+    predicted = predicted_labels(scores)
+
+    out: dict = {"n": n, "accuracy": _accuracy(labels, predicted),
+                 "loss": binary_cross_entropy(labels, scores), "auc": None}
+    if len(np.unique(labels)) == 2:
+        out["auc"] = float(roc_auc_score(labels, scores))
+    else:
+        only = LABEL_NAMES[int(labels[0])]
+        out["auc_note"] = f"undefined: every example is {only} (ROC AUC needs both classes)"
+    out["threshold"] = DECISION_THRESHOLD
+    out["positive_class"] = POSITIVE_CLASS
+    # labels=[0, 1] keeps the 2x2 shape and class order even when a class is missing.
+    out["confusion_matrix"] = confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=[0, 1], zero_division=0.0)
+    for key, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+        out[key] = {name: float(values[k]) for k, name in enumerate(LABEL_NAMES)}
+    out["support"] = {name: int(support[k]) for k, name in enumerate(LABEL_NAMES)}
+    out["by_gender"] = _per_gender(labels, predicted)
+
+    groups = np.array([age_group_of(int(a)) for a in ages], dtype=object)
+    by_age = {}
+    for name in AGE_GROUP_NAMES:
+        mask = groups == name
+        entry = _count_and_accuracy(labels[mask], predicted[mask])
+        entry["by_gender"] = _per_gender(labels[mask], predicted[mask])
+        by_age[name] = entry
+    out["by_age"] = by_age
+    out["worst_age_group"] = worst_age_group(by_age)
+    return out
+
+
+def worst_age_group(by_age: dict) -> dict | None:
+    """The non-empty age group with the lowest accuracy (ties: the larger group), or None."""
+    filled = [(name, e) for name, e in by_age.items() if e["n"] > 0]
+    if not filled:
+        return None
+    name, entry = min(filled, key=lambda item: (item[1]["accuracy"], -item[1]["n"]))
+    return {"group": name, "accuracy": entry["accuracy"], "n": entry["n"]}
+
+
+# ------------------------------------------------------------------ inference
+def resolve_splits(records_dir: str, split: str) -> list[str]:
+    """The split names to evaluate: one name, or "all" = every split in the records (train first)."""
+    from pipeline.manifest import load_manifest
+
+    manifest = load_manifest(records_dir)
+    available = [s for s in SPLIT_DIRS if s in manifest.splits] + sorted(set(manifest.splits) - set(SPLIT_DIRS))
+    if split == "all":
+        return [s for s in available if manifest.splits[s].count > 0]
+    if split not in manifest.splits:
+        raise DataError(f"{records_dir} has no split {split!r}; available: {', '.join(available)} (or all)")
+    return [split]
+
+
+def _check_single_machine(strategy) -> None:
+    import tensorflow as tf
+
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver is not None:
+        workers = len(resolver.cluster_spec().as_dict().get("worker", [])) + \
+            len(resolver.cluster_spec().as_dict().get("chief", []))
+        if workers > 1:
+            # Gathering string paths across workers has no collective op; one machine with several
+            # devices is what evaluation needs (a forward pass only).
+            raise ModelError("evaluate runs on one machine (one or several GPUs); unset TF_CONFIG "
+                             "and use --strategy auto")
+
+
+def predict_split(model, records_dir: str, split: str, batch_size: int = 64, memory: str = "low",
+                  strategy=None, progress: Progress | None = None) -> SplitPredictions:
+    """Score every example of one split exactly once (under `strategy` when it has several replicas)."""
+    import tensorflow as tf
+
+    from pipeline.reader import describe_dataset, make_dataset
+
+    if batch_size < 1:
+        raise DataError(f"batch size must be positive, got {batch_size}")
+    image_size = int(model.input_shape[1])
+    expected = describe_dataset(records_dir, split, image_size=image_size)["count"]
+    if progress:
+        progress({"event": "split_start", "split": split, "total": expected})
+
+    paths: list[bytes] = []
+    labels: list[np.ndarray] = []
+    ages: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+
+    def collect(batch_scores, batch_labels, batch_ages, batch_paths) -> None:
+        scores.append(np.asarray(batch_scores, np.float32).reshape(-1))
+        labels.append(np.asarray(batch_labels).reshape(-1))
+        ages.append(np.asarray(batch_ages).reshape(-1))
+        paths.extend(np.asarray(batch_paths).reshape(-1).tolist())
+        if progress:
+            progress({"event": "batch", "split": split, "count": int(len(scores[-1]))})
+
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    if replicas <= 1:
+        # One device: iterate the dataset directly (a distributed iterator only adds overhead).
+        forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        dataset = make_dataset(records_dir, split, batch_size, memory=memory, with_meta=True,
+                               image_size=image_size)
+        for images, batch_labels, batch_ages, batch_paths in dataset:
+            collect(forward(images), batch_labels, batch_ages, batch_paths)
+    else:
+        _check_single_machine(strategy)
+
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            return make_dataset(records_dir, split, batch_size, memory=memory, with_meta=True,
+                                input_context=context, image_size=image_size)
+
+        # The batch size is per replica: each step scores `replicas` consecutive batches at once.
+        # Inputs stay on the host (strategy.run copies the images to each device): the string
+        # paths must not be sent to an accelerator.
+        options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
+        dataset = strategy.distribute_datasets_from_function(dataset_fn, options)
+
+        def replica_forward(images):
+            # At the end of the data a replica may get an empty batch; some CPU conv kernels
+            # (oneDNN) reject an empty input, so an empty batch skips the model.
+            return tf.cond(tf.shape(images)[0] > 0,
+                           lambda: tf.cast(model(images, training=False), tf.float32),
+                           lambda: tf.zeros([0, 1], tf.float32))
+
+        @tf.function(reduce_retracing=True)
+        def step(images):
+            return strategy.run(replica_forward, args=(images,))
+
+        local = strategy.experimental_local_results
+        for images, batch_labels, batch_ages, batch_paths in dataset:
+            out = step(images)
+            # Replica k received the k-th consecutive batch: concatenating in replica order
+            # keeps the reader's order. A replica with nothing left gets an empty batch.
+            for parts in zip(local(out), local(batch_labels), local(batch_ages), local(batch_paths)):
+                if int(np.asarray(parts[0]).shape[0]) > 0:
+                    collect(*parts)
+
+    result = SplitPredictions(
+        split=split,
+        paths=[p.decode("utf-8") for p in paths],
+        labels=(np.concatenate(labels) if labels else np.zeros(0)).astype(np.int64),
+        ages=(np.concatenate(ages) if ages else np.zeros(0)).astype(np.int64),
+        scores=np.concatenate(scores) if scores else np.zeros(0, np.float32),
+    )
+    # Every example exactly once: the count matches the manifest and no path appears twice.
+    if result.n != expected or len(set(result.paths)) != result.n:
+        raise DataError(f"split {split} of {records_dir}: scored {result.n} records ({len(set(result.paths))} "
+                        f"distinct) but the manifest lists {expected}; the records directory is inconsistent, "
+                        f"rerun preprocess with --overwrite")
+    if progress:
+        progress({"event": "split_end", "split": split, "n": result.n})
+    return result
+
+
+def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size: int = 64,
+             memory: str = "low", strategy: str = "auto", progress: Progress | None = None) -> Evaluation:
+    """Load a classifier, score the split(s) of a records directory, compute the metrics."""
+    from model.classifier import load_classifier
+    from model.distribute import select_strategy
+    from pipeline.reader import MEMORY_MODES
+
+    if memory not in MEMORY_MODES:
+        raise DataError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
+    if batch_size < 1:
+        raise DataError(f"batch size must be positive, got {batch_size}")
+    splits = resolve_splits(records_dir, split)
+    chosen = select_strategy(strategy)
+    with chosen.scope():
+        model = load_classifier(model_path)
+    predictions = {}
+    for name in splits:
+        predictions[name] = predict_split(model, records_dir, name, batch_size=batch_size, memory=memory,
+                                          strategy=chosen, progress=progress)
+    metrics = {name: split_metrics(p.labels, p.scores, p.ages) for name, p in predictions.items()}
+    return Evaluation(model_path=model_path, records_dir=records_dir, predictions=predictions, metrics=metrics)
