@@ -103,6 +103,24 @@ for _kind, _dtype in (("Float", np.float32), ("Double", np.float64), ("Long", np
     torchfile.register_handler(f"torch.{_kind}Tensor".encode())(_checked_tensor_reader(_dtype))
 
 
+class _CheckedReader(torchfile.T7Reader):
+    """torchfile's reader, refusing string lengths beyond the end of the file.
+
+    A corrupt length would otherwise make it read (and allocate) up to 2 GB, or with a negative
+    length the whole rest of the file, before failing somewhere unhelpful.
+    """
+
+    def read_string(self, disable_utf8=False):
+        size = self.read_int()
+        remaining = os.fstat(self.f.fileno()).st_size - self.f.tell()
+        if size < 0 or size > remaining:
+            raise _Truncated(f"a string of {size} bytes, {remaining} left")
+        data = self.f.read(size)
+        if disable_utf8 or not self.utf8_decode_strings:
+            return data
+        return data.decode("utf8")
+
+
 def _read_torch_file(path: str):
     """The top-level object of a Torch7 file, or ModelError saying why it cannot be read."""
     if not os.path.exists(path):
@@ -121,7 +139,7 @@ def _read_torch_file(path: str):
             raise ModelError(f"{path} is not a Torch7 file (expected VGG_FACE.t7 from the "
                              f"VGG-Face distribution)")
         f.seek(0)
-        reader = torchfile.T7Reader(f)
+        reader = _CheckedReader(f)
         try:
             return reader.read_obj()
         except MemoryError:

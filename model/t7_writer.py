@@ -159,8 +159,8 @@ class T7Writer:
             return
         self._long(values.size)
         little = values.dtype.newbyteorder("<")
-        # tofile writes straight from the array: no 580 MB bytes copy for the full-size model.
-        np.ascontiguousarray(values, dtype=little).tofile(self.f)
+        # Write the array's own buffer: no 580 MB bytes copy for the full-size model.
+        self.f.write(np.ascontiguousarray(values, dtype=little).reshape(-1).data)
 
 
 def write_t7(path: str, value: Any) -> None:
