@@ -30,9 +30,16 @@ def age_group_name(group: tuple[int, int]) -> str:
 AGE_GROUP_NAMES = tuple(age_group_name(g) for g in AGE_GROUPS)
 
 
+# Age of a record whose source gives none (the official fold files say "None" for some faces).
+AGE_UNKNOWN = -1
+AGE_UNKNOWN_GROUP = "unknown"
+
+
 def age_group_of(age: int) -> str:
     """The Adience group of an age: inside a group, that group; between two groups, the nearer
-    one by distance to its closest bound, ties going to the older group."""
+    one by distance to its closest bound, ties going to the older group; AGE_UNKNOWN -> "unknown"."""
+    if age < 0:
+        return AGE_UNKNOWN_GROUP
     best = None
     for group in AGE_GROUPS:
         low, high = group
