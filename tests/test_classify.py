@@ -1,0 +1,207 @@
+"""`classify`: folders, path lists, the one-image form, bad files as error rows, output formats,
+batched == one by one, a non-classifier model refused."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.conftest import CLI
+
+FAMILIAR = re.compile(r"\A\*\*\*\*\noutput class is (female|male)\. \(sigmoid value=([-+0-9.e]+)\)\n\*\*\*\*\n\Z")
+
+
+@pytest.fixture(scope="module")
+def classifier_path(request, tmp_path_factory, slim_t7) -> str:
+    """The trained slim model when the suite has one, else an untrained classifier on the slim backbone."""
+    try:
+        trained = request.getfixturevalue("trained_model")
+        return str(getattr(trained, "model_path", trained))
+    except pytest.FixtureLookupError:
+        from model.backbone import load_backbone
+        from model.classifier import build_classifier
+
+        path = str(tmp_path_factory.mktemp("classify_model") / "classifier.keras")
+        build_classifier(load_backbone(slim_t7)).save(path)
+        return path
+
+
+@pytest.fixture(scope="module")
+def model(classifier_path):
+    from model.classifier import load_classifier
+
+    return load_classifier(classifier_path)
+
+
+GOOD = {  # relpath -> (label drawn, kind written by pipeline.synthetic)
+    "a_female.jpg": (0, "jpeg"),
+    "b_male.png": (1, "png"),
+    "sub/c_gray.jpg": (0, "gray_jpeg"),
+    "sub/d_exif_rotated.JPG": (1, "exif_rotated_jpeg"),
+    "sub/deeper/e_rgba.png": (0, "rgba_png"),
+}
+BAD = {  # relpath -> (bad kind, words the reason must contain)
+    "f_truncated.jpg": ("truncated_jpeg", "truncated"),
+    "g_empty.png": ("empty", "empty"),
+    "sub/h_random.jpeg": ("random_bytes", "not an image"),
+    "sub/i_text_named.jpg": ("text", "not an image"),
+    "j_broken.jpg": ("broken_jpeg", "corrupt"),
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory) -> str:
+    from pipeline.synthetic import bad_file_bytes, face_image, write_image
+
+    root = str(tmp_path_factory.mktemp("mixed"))
+    for i, (rel, (label, kind)) in enumerate(GOOD.items()):
+        write_image(os.path.join(root, rel), face_image(label, size=200 + 16 * i, seed=i), kind, seed=i)
+    rng = np.random.default_rng(0)
+    for rel, (kind, _) in BAD.items():
+        os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+        with open(os.path.join(root, rel), "wb") as f:
+            f.write(bad_file_bytes(kind, rng))
+    with open(os.path.join(root, "notes.txt"), "w") as f:       # no image extension: skipped
+        f.write("not a list of paths to classify? it is, but only when named on the command line\n")
+    return root
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    import cli
+
+    status = cli.main(argv)
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+# ------------------------------------------------------------------ folder with bad files
+def test_mixed_folder_error_rows_for_bad_files_scores_for_the_rest_exit_1(classifier_path, mixed_folder,
+                                                                          model, capsys):
+    from pipeline.decode import load_image
+
+    status, out, err = _run(["classify", "-m", classifier_path, "-i", mixed_folder, "--format", "json",
+                             "-b", "2"], capsys)
+    assert status == 1
+    rows = {os.path.relpath(r["path"], mixed_folder): r for r in json.loads(out)}
+    assert set(rows) == set(GOOD) | set(BAD)            # notes.txt skipped (reported), nothing lost
+    assert "5 failed" in err and "1 files in the folders skipped" in err
+    for rel, (_, words) in BAD.items():
+        assert rows[rel]["label"] is None and rows[rel]["score"] is None
+        assert words in rows[rel]["error"], (rel, rows[rel]["error"])
+    size = int(model.input_shape[1])
+    images = np.stack([load_image(os.path.join(mixed_folder, rel), size) for rel in GOOD])
+    direct = np.asarray(model(images, training=False)).reshape(-1)
+    for rel, want in zip(GOOD, direct):
+        row = rows[rel]
+        assert row["error"] is None
+        assert row["score"] == pytest.approx(float(want), abs=1e-5)
+        assert row["label"] == ("male" if row["score"] > 0.5 else "female")
+
+
+def test_table_and_csv_formats(classifier_path, mixed_folder, tmp_path, capsys):
+    status, out, _ = _run(["classify", "-m", classifier_path, "-i", os.path.join(mixed_folder, "sub")], capsys)
+    assert status == 1
+    lines = out.splitlines()
+    assert lines[0].split() == ["path", "label", "score", "error"]
+    assert len(lines) == 1 + sum(rel.startswith("sub/") for rel in [*GOOD, *BAD])
+    target = tmp_path / "out.csv"
+    status, out, err = _run(["classify", "-m", classifier_path, "-i", mixed_folder, "--format", "csv",
+                             "-o", str(target)], capsys)
+    assert status == 1 and out == "" and str(target) in err
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert len(rows) == len(GOOD) + len(BAD)
+    assert {r["path"] for r in rows if r["error"]} == {os.path.join(mixed_folder, rel) for rel in BAD}
+    assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows if not r["error"])
+
+
+# ------------------------------------------------------------------ path lists
+def test_text_file_list_with_comments_blank_lines_folders_and_a_missing_path(classifier_path, mixed_folder,
+                                                                           tmp_path, capsys):
+    listing = tmp_path / "to_classify.txt"
+    listing.write_text("# faces to check\n\n"
+                       f"{os.path.join(mixed_folder, 'a_female.jpg')}\n"
+                       f"   {os.path.join(mixed_folder, 'sub', 'deeper')}   \n"
+                       "relative/missing.jpg\n"
+                       f"{os.path.join(mixed_folder, 'b_male.png')}\n")
+    status, out, _ = _run(["classify", "-m", classifier_path, "-i", str(listing), "--format", "json"], capsys)
+    rows = json.loads(out)
+    assert [os.path.basename(r["path"]) for r in rows] == ["a_female.jpg", "e_rgba.png", "missing.jpg", "b_male.png"]
+    # Relative entries are relative to the list's folder.
+    assert rows[2]["path"] == str(tmp_path / "relative" / "missing.jpg")
+    assert rows[2]["error"] == "no such file or directory"
+    assert all(r["score"] is not None for i, r in enumerate(rows) if i != 2)
+    assert status == 1
+
+
+def test_all_good_exit_0_and_duplicates_classified_once(classifier_path, mixed_folder, capsys):
+    good = os.path.join(mixed_folder, "a_female.jpg")
+    status, out, _ = _run(["classify", "-m", classifier_path, "-i", good, good,
+                           os.path.join(mixed_folder, "b_male.png"), "--format", "csv"], capsys)
+    assert status == 0
+    assert len(out.strip().splitlines()) == 1 + 2
+
+
+# ------------------------------------------------------------------ the original's one-image form
+def test_single_image_prints_the_familiar_block(classifier_path, mixed_folder, model, capsys):
+    from pipeline.decode import load_image
+
+    path = os.path.join(mixed_folder, "a_female.jpg")
+    status, out, _ = _run(["classify", "-m", classifier_path, "-i", path], capsys)
+    assert status == 0
+    match = FAMILIAR.match(out)
+    assert match, out
+    direct = float(np.asarray(model(load_image(path, int(model.input_shape[1]))[None], training=False))[0, 0])
+    assert float(match.group(2)) == pytest.approx(direct, abs=1e-5)
+    assert match.group(1) == ("male" if direct > 0.5 else "female")
+
+
+def test_single_bad_image_is_one_error_line_exit_1(classifier_path, mixed_folder, capsys):
+    status, out, err = _run(["classify", "-m", classifier_path, "-i",
+                             os.path.join(mixed_folder, "f_truncated.jpg")], capsys)
+    assert status == 1 and out == ""
+    assert err.strip().splitlines() == [f"error: {os.path.join(mixed_folder, 'f_truncated.jpg')}: truncated image"]
+
+
+# ------------------------------------------------------------------ library level
+def test_batched_scores_equal_one_by_one(model, mixed_folder):
+    from model.classify import classify_files
+
+    paths = [os.path.join(mixed_folder, rel) for rel in GOOD] * 3
+    batched = classify_files(model, paths, batch_size=4, workers=2)
+    single = [classify_files(model, [p], batch_size=1, workers=1)[0] for p in paths[:len(GOOD)]]
+    for b, s in zip(batched, single * 3):
+        assert b.path == s.path and b.label == s.label
+        assert b.score == pytest.approx(s.score, abs=1e-5)
+
+
+def test_expand_inputs_searches_folders_case_insensitively(mixed_folder, tmp_path):
+    from model.classify import expand_inputs
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    got = expand_inputs([mixed_folder, str(empty)])
+    files = [os.path.relpath(e.path, mixed_folder) for e in got.entries if e.error is None]
+    assert sorted(files) == sorted(set(GOOD) | set(BAD))      # .JPG and .jpeg found too
+    assert got.skipped == 1
+    assert [e.path for e in got.entries if e.error] == [str(empty)]
+    assert not got.single_image
+
+
+# ------------------------------------------------------------------ bad model
+def test_a_non_classifier_model_is_one_line_exit_2(tmp_path, mixed_folder):
+    from model.vggface import SLIM_WIDTHS, build_vggface
+
+    vgg = tmp_path / "vggface.keras"
+    build_vggface(SLIM_WIDTHS).save(str(vgg))
+    proc = subprocess.run([*CLI, "classify", "-m", str(vgg), "-i", mixed_folder], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(vgg) in errors[0] and "not a gender classifier" in errors[0]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
