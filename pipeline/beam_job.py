@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -79,6 +80,7 @@ class PreprocessSummary:
     seconds: float
     images_per_second: float                 # inputs handled (written + rejected) per second
     runner: str
+    worker_processes: int = 0                # distinct worker processes that wrote shards
     counters: dict[str, int] | None = None   # Beam Metrics, when the runner answers metrics queries
     replaced: list[str] = field(default_factory=list)   # old output files that were removed
 
@@ -151,7 +153,7 @@ class WriteShard(beam.DoFn):
         self._write_json("summaries", _heartbeat_name(split, shard), {
             "split": split, "shard": shard, "file": name, "assigned": len(items),
             "written": sum(by_label.values()), "by_label": dict(by_label), "by_age": dict(by_age),
-            "rejects": rejects,
+            "rejects": rejects, "worker": f"{socket.gethostname()}:{os.getpid()}",
         })
 
 
@@ -237,8 +239,8 @@ def _workers_can_import_us() -> Iterator[None]:
 
 def _existing_outputs(out: str) -> list[str]:
     """Files in OUT that a previous run wrote (manifest, rejects, shards), as full paths."""
-    if not FileSystems.exists(out):
-        return []
+    # No exists() check first: on object stores (gs://, s3://) a folder is only a prefix and
+    # "does not exist" even when it holds files.
     try:
         metas = FileSystems.match([FileSystems.join(out, "*")])[0].metadata_list
     except Exception:  # noqa: BLE001 - an empty or unlistable prefix holds nothing of ours
@@ -324,9 +326,10 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
         replaced = _commit(out, tmp, old, manifest, rejects)
     finally:
         try:
-            if FileSystems.exists(tmp):
-                FileSystems.delete([tmp])
-        except Exception:  # noqa: BLE001 - best effort; a stale .tmp-* folder is harmless
+            # Object stores (gs://, s3://) delete a whole prefix when it ends with "/"; the local
+            # file system would read that as a pattern of top-level files and keep the subfolders.
+            FileSystems.delete([tmp + "/" if "://" in tmp else tmp])
+        except Exception:  # noqa: BLE001 - best effort (nothing written yet, or already gone)
             pass
     seconds = time.monotonic() - start
     if progress is not None:
@@ -337,7 +340,8 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
         rejects_path=FileSystems.join(out, REJECTS_NAME),
         reject_reasons=dict(sorted(Counter(_reason_kind(r) for _, r in rejects).items())),
         skipped_folders=discovery.skipped_folders, seconds=seconds,
-        images_per_second=manifest.found / max(seconds, 1e-9), runner=runner, counters=counters,
+        images_per_second=manifest.found / max(seconds, 1e-9), runner=runner,
+        worker_processes=len({body.get("worker") for body in summaries.values()}), counters=counters,
         replaced=replaced)
 
 

@@ -171,6 +171,7 @@ def test_rejects_are_listed_with_their_reasons(adience_root, records_dir):
 def test_two_worker_processes_write_identical_bytes(records_dir, multi_process_run):
     out, summary, _ = multi_process_run
     assert "multi_processing" in summary.runner
+    assert summary.worker_processes == 2          # the shards really were spread over both
     assert output_bytes(out) == output_bytes(records_dir)
 
 
@@ -229,6 +230,7 @@ def test_misplaced_files_are_rejects(tmp_path):
     write_image(str(root / "aligned" / "28_F" / "deeper" / "x.jpg"), face_image(0, 32))
     summary = run_preprocess(str(root), str(tmp_path / "out"), image_size=32, beam_args=IN_MEMORY)
     assert (summary.found, summary.written, summary.rejected) == (6, 4, 2)
+    assert summary.worker_processes == 1
     listed = [json.loads(line) for line in open(tmp_path / "out" / REJECTS_NAME)]
     assert [r["path"] for r in listed] == ["aligned/28_F/deeper/x.jpg", "aligned/stray.jpg"]
     assert all(r["reason"] == "not directly inside an <age>_<F|M> folder" for r in listed)
