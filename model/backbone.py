@@ -61,8 +61,8 @@ def _load_keras_weights(path: str) -> tuple[VGGWidths, dict[str, list[np.ndarray
 
 def _load_weights(path: str) -> tuple[VGGWidths, dict[str, list[np.ndarray]]]:
     if not os.path.exists(path):
-        raise ModelError(f"backbone file {path} does not exist; give VGG_FACE.t7 or the .keras "
-                         f"file written by `python cli.py convert`")
+        raise ModelError(f"weights file {path} does not exist; download VGG_FACE.t7 (see the "
+                         f"README) or give the .keras file written by `python cli.py convert`")
     if os.path.isdir(path):
         raise ModelError(f"backbone path {path} is a directory; give VGG_FACE.t7 or a .keras file")
     if _is_keras_file(path):
@@ -114,7 +114,7 @@ def convert_t7_to_keras(weights_path: str, output_path: str,
                         progress: Callable[[dict], None] | None = None) -> ConvertSummary:
     """Convert a VGG_FACE.t7-structured file to a .keras VGG-Face, written atomically.
 
-    progress (optional) gets {"stage": "read" | "build" | "write" | "done", ...} dicts.
+    A .keras VGG-Face given as input is checked and rewritten the same way. progress (optional) gets {"stage": "read" | "build" | "write" | "done", ...} dicts.
     """
     if not output_path.endswith(".keras"):
         raise ModelError(f"output {output_path} must end in .keras (Keras 3 saves whole models "
@@ -122,7 +122,7 @@ def convert_t7_to_keras(weights_path: str, output_path: str,
     report = progress or (lambda info: None)
     start = time.perf_counter()
     report({"stage": "read", "path": weights_path})
-    widths, weights = load_t7_keras_weights(weights_path)
+    widths, weights = _load_weights(weights_path)
     report({"stage": "build", "widths": widths})
     # The file on disk is always float32, whatever global policy a caller has set.
     previous = keras.mixed_precision.global_policy()
