@@ -16,7 +16,7 @@ import numpy as np
 
 from model.errors import ModelError
 from pipeline.errors import DataError
-from pipeline.schema import AGE_GROUP_NAMES, LABEL_NAMES, SPLIT_DIRS, age_group_of
+from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of
 
 # A score above this is "male" (label 1). Strictly greater, as keras.metrics.binary_accuracy decides,
 # so `evaluate`'s accuracy equals what Keras would report for the same scores.
@@ -141,7 +141,9 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> d
 
     groups = np.array([age_group_of(int(a)) for a in ages], dtype=object)
     by_age = {}
-    for name in AGE_GROUP_NAMES:
+    # Records without a known age (official fold files) get an "unknown" entry, only when present.
+    unknown = (AGE_UNKNOWN_GROUP,) if np.any(groups == AGE_UNKNOWN_GROUP) else ()
+    for name in AGE_GROUP_NAMES + unknown:
         mask = groups == name
         entry = _count_and_accuracy(labels[mask], predicted[mask])
         entry["by_gender"] = _per_gender(labels[mask], predicted[mask])
@@ -152,8 +154,9 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> d
 
 
 def worst_age_group(by_age: dict) -> dict | None:
-    """The non-empty age group with the lowest accuracy (ties: the larger group), or None."""
-    filled = [(name, e) for name, e in by_age.items() if e["n"] > 0]
+    """The non-empty age group with the lowest accuracy (ties: the larger group), or None;
+    "unknown" ages are not a group and never the worst."""
+    filled = [(name, e) for name, e in by_age.items() if e["n"] > 0 and name != AGE_UNKNOWN_GROUP]
     if not filled:
         return None
     name, entry = min(filled, key=lambda item: (item[1]["accuracy"], -item[1]["n"]))
@@ -174,18 +177,21 @@ def resolve_splits(records_dir: str, split: str) -> list[str]:
     return [split]
 
 
+_ONE_MACHINE = ("evaluate runs on one machine (one or several GPUs: --strategy auto or mirrored); "
+                "unset TF_CONFIG for it")
+
+
 def _check_single_machine(strategy) -> None:
     import tensorflow as tf
 
+    from model.distribute import cluster_task_count
+
     resolver = getattr(strategy, "cluster_resolver", None)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver is not None:
-        workers = len(resolver.cluster_spec().as_dict().get("worker", [])) + \
-            len(resolver.cluster_spec().as_dict().get("chief", []))
-        if workers > 1:
-            # Gathering string paths across workers has no collective op; one machine with several
-            # devices is what evaluation needs (a forward pass only).
-            raise ModelError("evaluate runs on one machine (one or several GPUs); unset TF_CONFIG "
-                             "and use --strategy auto")
+        # Gathering string paths across workers has no collective op, and a forward pass over a
+        # split does not need several machines.
+        if cluster_task_count(resolver.cluster_spec().as_dict()) > 1:
+            raise ModelError(_ONE_MACHINE)
 
 
 def predict_split(model, records_dir: str, split: str, batch_size: int = 64, memory: str = "low",
@@ -277,13 +283,15 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
              memory: str = "low", strategy: str = "auto", progress: Progress | None = None) -> Evaluation:
     """Load a classifier, score the split(s) of a records directory, compute the metrics."""
     from model.classifier import load_classifier
-    from model.distribute import select_strategy
+    from model.distribute import cluster_from_env, cluster_task_count, select_strategy
     from pipeline.reader import MEMORY_MODES
 
     if memory not in MEMORY_MODES:
         raise DataError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
+    if strategy == "multiworker" or (strategy == "auto" and cluster_task_count(cluster_from_env()) > 1):
+        raise ModelError(_ONE_MACHINE)
     splits = resolve_splits(records_dir, split)
     chosen = select_strategy(strategy)
     with chosen.scope():

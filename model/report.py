@@ -146,7 +146,7 @@ def plot_confusion(split: str, metrics: dict, path: str) -> None:
 
 def plot_age_accuracy(split: str, metrics: dict, path: str) -> None:
     by_age = metrics["by_age"]
-    groups = [g for g in AGE_GROUP_NAMES if g in by_age]
+    groups = list(by_age)
     x = np.arange(len(groups))
     width = 0.38
     plt, fig = _figure(10.0, 5.0)

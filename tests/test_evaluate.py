@@ -19,7 +19,10 @@ GROUPS = {"0-2": (0, 2), "4-6": (4, 6), "8-13": (8, 13), "15-20": (15, 20), "25-
 
 
 def _group_of(age: int) -> str:
-    """Nearest group by distance to its closest bound; a tie goes to the older group."""
+    """Nearest group by distance to its closest bound; a tie goes to the older group; -1 unknown."""
+    if age == -1:
+        return "unknown"
+
     def key(item):
         low, high = item[1]
         distance = 0 if low <= age <= high else min(abs(age - low), abs(age - high))
@@ -153,8 +156,9 @@ def test_report_numbers_match_a_direct_computation(report, csv_rows, records_tru
     assert got["auc"] == pytest.approx(_rank_auc(y, p), abs=1e-9)
 
     groups = np.array([_group_of(int(a)) for a in ages])
-    assert list(got["by_age"]) == list(GROUPS)
-    for name in GROUPS:
+    present_unknown = ["unknown"] if "unknown" in groups else []
+    assert list(got["by_age"]) == list(GROUPS) + present_unknown
+    for name in list(GROUPS) + present_unknown:
         entry, mask = got["by_age"][name], groups == name
         assert entry["n"] == int(mask.sum())
         if mask.any():
@@ -258,6 +262,16 @@ def test_age_between_groups_goes_to_the_nearest_ties_older():
     assert counts == {g: int(sum(_group_of(a) == g for a in ages)) for g in counts}
     # 3, 7, 14, 35: equidistant, to the older group; 22 -> 15-20 (2 < 3); 45 -> 38-43; 57 -> 60+.
     assert counts == {"4-6": 1, "8-13": 1, "15-20": 2, "38-43": 2, "60+": 1}
+    assert "unknown" not in m["by_age"]
+
+
+def test_unknown_ages_get_their_own_entry_but_are_never_the_worst_group():
+    from model.evaluate import split_metrics
+
+    m = split_metrics(np.array([0, 1, 1, 0]), np.array([0.9, 0.9, 0.9, 0.1], np.float32),
+                      np.array([-1, -1, 30, 30]))
+    assert m["by_age"]["unknown"]["n"] == 2 and m["by_age"]["unknown"]["accuracy"] == 0.5
+    assert m["worst_age_group"] == {"group": "25-32", "accuracy": 1.0, "n": 2}
 
 
 # ------------------------------------------------------------------ command line and bad input
@@ -291,19 +305,26 @@ def _one_line_error(capsys) -> str:
     return err[0]
 
 
-@pytest.mark.parametrize("case", ["vggface", "missing_model", "missing_records", "bad_split", "bad_memory"])
-def test_bad_input_is_one_line_and_exit_2(case, classifier_path, vggface_keras, records_dir, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["vggface", "missing_model", "missing_records", "bad_split", "bad_memory",
+                                  "cluster"])
+def test_bad_input_is_one_line_and_exit_2(case, classifier_path, vggface_keras, records_dir, tmp_path, capsys,
+                                          monkeypatch):
     import cli
+
+    if case == "cluster":   # a TF_CONFIG left over from multi-worker training
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                    "task": {"type": "worker", "index": 0}}))
 
     args = {"vggface": ["-m", vggface_keras, "-i", records_dir],
             "missing_model": ["-m", str(tmp_path / "nope.keras"), "-i", records_dir],
             "missing_records": ["-m", classifier_path, "-i", str(tmp_path / "no_records")],
             "bad_split": ["-m", classifier_path, "-i", records_dir, "--split", "test"],
-            "bad_memory": ["-m", classifier_path, "-i", records_dir, "--memory", "medium"]}[case]
+            "bad_memory": ["-m", classifier_path, "-i", records_dir, "--memory", "medium"],
+            "cluster": ["-m", classifier_path, "-i", records_dir]}[case]
     assert cli.main(["evaluate", *args, "--report-dir", str(tmp_path / "r")]) == 2
     line = _one_line_error(capsys)
     expected = {"vggface": "not a gender classifier", "missing_model": "does not exist",
                 "missing_records": "does not exist", "bad_split": "no split 'test'",
-                "bad_memory": "medium"}[case]
+                "bad_memory": "medium", "cluster": "one machine"}[case]
     assert expected in line
     assert not os.path.exists(tmp_path / "r")
