@@ -151,7 +151,10 @@ def cmd_evaluate(args) -> int:
     evaluation = evaluate(args.model, args.input, split=args.split, batch_size=args.batch_size,
                           memory=args.memory, strategy=args.strategy, progress=_progress_bars("img"))
     report_dir = args.report_dir or default_report_dir(args.model)
-    report = write_report(evaluation, report_dir)
+    try:
+        report = write_report(evaluation, report_dir)
+    except OSError as err:
+        return _fail(f"cannot write the report to {report_dir} ({err.strerror or err}); pass a writable --report-dir")
     print("\n".join(summary_lines(report, report_dir)))
     return 0
 
@@ -185,8 +188,11 @@ def cmd_classify(args) -> int:
         return 0
     text = format_rows(result.rows, args.format or "table")
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as err:
+            return _fail(f"cannot write {args.output} ({err.strerror or err}); pass a writable -o path")
     else:
         sys.stdout.write(text)
     counts = result.counts()

@@ -205,3 +205,12 @@ def test_a_non_classifier_model_is_one_line_exit_2(tmp_path, mixed_folder):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and str(vgg) in errors[0] and "not a gender classifier" in errors[0]
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_unwritable_output_is_one_line_exit_2(classifier_path, mixed_folder, tmp_path, capsys):
+    target = tmp_path / "no_such_dir" / "out.csv"
+    status, out, err = _run(["classify", "-m", classifier_path, "-i", os.path.join(mixed_folder, "a_female.jpg"),
+                             "-o", str(target)], capsys)
+    assert status == 2 and out == ""
+    assert err.strip().splitlines() == [f"error: cannot write {target} (No such file or directory); "
+                                        f"pass a writable -o path"]
