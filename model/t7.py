@@ -24,6 +24,7 @@ from model.vggface import (BLOCK_SIZES, CONV_NAMES, DENSE_NAMES, VGG_IMAGE_SIZE,
 
 CONV_CLASSES = ("nn.SpatialConvolutionMM", "nn.SpatialConvolution")
 
+
 def _expected_modules() -> tuple[tuple[str, str], ...]:
     modules: list[tuple[str, str]] = []
     for b, n in enumerate(BLOCK_SIZES):
@@ -40,7 +41,6 @@ def _expected_modules() -> tuple[tuple[str, str], ...]:
 
 # The 40 modules of VGG_FACE.t7 in order, as (expected class, layer name).
 EXPECTED_MODULES = _expected_modules()
-assert len(EXPECTED_MODULES) == 40
 
 _FLOAT_TYPES = (np.float32, np.float64)
 
@@ -178,7 +178,6 @@ class TorchVGGFace:
     widths: VGGWidths
     # layer name -> (weight, bias), as stored (conv 2-D (O, C·9) or 4-D (O, C, 3, 3); Linear (out, in))
     weights: dict[str, tuple[np.ndarray, np.ndarray]]
-    dtype: str  # "float32" or "float64", as stored
 
 
 def _float_tensor(path: str, index: int, name: str, field: str, value) -> np.ndarray:
@@ -209,7 +208,6 @@ def read_vggface_t7(path: str) -> TorchVGGFace:
                          f"VGG_FACE.t7")
     modules = net.modules
     weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    dtypes: set[str] = set()
     in_planes = 3
     for index, (expected, name) in enumerate(EXPECTED_MODULES, start=1):
         if index > len(modules):
@@ -223,8 +221,9 @@ def read_vggface_t7(path: str) -> TorchVGGFace:
                              f"not the VGG-Face network")
         label = f"{found} {name}"
         if name in CONV_NAMES:
+            # ("padding" is the field of nn versions older than padW/padH.)
             for field, value in (("kW", 3), ("kH", 3), ("dW", 1), ("dH", 1), ("padW", 1),
-                                 ("padH", 1)):
+                                 ("padH", 1), ("padding", 1)):
                 _check_field(path, index, label, module, field, value)
             w = _float_tensor(path, index, name, "weight", module.weight)
             b = _float_tensor(path, index, name, "bias", module.bias)
@@ -242,7 +241,6 @@ def read_vggface_t7(path: str) -> TorchVGGFace:
             _check_field(path, index, label, module, "nInputPlane", in_planes)
             _check_field(path, index, label, module, "nOutputPlane", out_planes)
             weights[name] = (w, b)
-            dtypes.update((str(w.dtype), str(b.dtype)))
             in_planes = out_planes
         elif found == "nn.SpatialMaxPooling":
             for field, value in (("kW", 2), ("kH", 2), ("dW", 2), ("dH", 2), ("padW", 0),
@@ -262,7 +260,6 @@ def read_vggface_t7(path: str) -> TorchVGGFace:
                     f"{path}: module {index} ({label}) has weight {tuple(w.shape)} and bias "
                     f"{tuple(b.shape)}, expected (n, {fan_in}) and (n,); not the VGG-Face network")
             weights[name] = (w, b)
-            dtypes.update((str(w.dtype), str(b.dtype)))
             in_planes = w.shape[0]
     if len(modules) != len(EXPECTED_MODULES):
         raise ModelError(f"{path} has {len(modules)} modules, expected 40 (module 41 is "
@@ -270,8 +267,7 @@ def read_vggface_t7(path: str) -> TorchVGGFace:
     widths = VGGWidths(conv=tuple(int(weights[n][0].shape[0]) for n in CONV_NAMES),
                        fc6=int(weights["fc6"][0].shape[0]), fc7=int(weights["fc7"][0].shape[0]),
                        fc8=int(weights["fc8"][0].shape[0]))
-    return TorchVGGFace(widths=widths, weights=weights,
-                        dtype="float64" if "float64" in dtypes else "float32")
+    return TorchVGGFace(widths=widths, weights=weights)
 
 
 def conv_kernel_to_keras(weight: np.ndarray) -> np.ndarray:
@@ -283,18 +279,24 @@ def conv_kernel_to_keras(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight.transpose(2, 3, 1, 0), dtype=np.float32)
 
 
-def fc6_kernel_to_keras(weight: np.ndarray, channels: int) -> np.ndarray:
-    """Torch fc6 weight (out, C·H·W) -> Keras Dense kernel (H·W·C, out) for an NHWC Flatten."""
+def linear_kernel_to_keras(weight: np.ndarray, channels: int | None = None) -> np.ndarray:
+    """Torch Linear weight (out, in) -> Keras Dense kernel (in, out) float32.
+
+    With channels, the input is a Torch (C, H, W) flatten (fc6 reading pool5) and the rows are
+    reordered to the (H, W, C) order of Keras' Flatten on NHWC: Keras row (h, w, c) is Torch
+    column (c, h, w).
+    """
     out, fan_in = weight.shape
-    side = int(round((fan_in // channels) ** 0.5))
-    # (out, C, H, W) -> (H, W, C, out): row (h, w, c) of the Keras kernel is Torch column (c, h, w).
-    kernel = weight.reshape(out, channels, side, side).transpose(2, 3, 1, 0)
-    return np.ascontiguousarray(kernel, dtype=np.float32).reshape(side * side * channels, out)
-
-
-def linear_kernel_to_keras(weight: np.ndarray) -> np.ndarray:
-    """Torch Linear weight (out, in) -> Keras Dense kernel (in, out) float32."""
-    return np.ascontiguousarray(weight.T, dtype=np.float32)
+    channels = channels or fan_in
+    spatial = fan_in // channels  # H·W (49 for fc6 at 224×224; 1 for fc7 and fc8)
+    by_channel = weight.reshape(out, channels, spatial)
+    kernel = np.empty((spatial, channels, out), dtype=np.float32)
+    # In blocks of output units: transposing fc6 (100M floats) in one go strides through memory
+    # and takes about 5 s; blocks that stay in cache take about 1 s.
+    block = 64
+    for start in range(0, out, block):
+        kernel[:, :, start:start + block] = by_channel[start:start + block].transpose(2, 1, 0)
+    return kernel.reshape(spatial * channels, out)
 
 
 def to_keras_weights(torch_net: TorchVGGFace) -> dict[str, list[np.ndarray]]:
@@ -305,8 +307,7 @@ def to_keras_weights(torch_net: TorchVGGFace) -> dict[str, list[np.ndarray]]:
         out[name] = [conv_kernel_to_keras(w), np.asarray(b, dtype=np.float32)]
     for name in DENSE_NAMES:
         w, b = torch_net.weights[name]
-        kernel = (fc6_kernel_to_keras(w, torch_net.widths.conv[-1]) if name == "fc6"
-                  else linear_kernel_to_keras(w))
+        kernel = linear_kernel_to_keras(w, torch_net.widths.conv[-1] if name == "fc6" else None)
         out[name] = [kernel, np.asarray(b, dtype=np.float32)]
     return out
 
