@@ -83,6 +83,9 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
             bar.close()
     print(f"wrote {s.written} records from {s.found} files in {s.root} to {s.out} "
           f"({s.runner}, {s.seconds:.1f} s, {s.images_per_second:.0f} images/s)")
+    if s.worker_processes > 1:
+        print(f"  work spread over {s.worker_processes} worker processes: "
+              f"{' + '.join(str(n) for n in s.files_per_worker)} files")
     for split, info in s.manifest.splits.items():
         labels = ", ".join(f"{n} {name}" for name, n in info.by_label.items())
         print(f"  {split}: {info.count} images ({labels}) in {len(info.shards)} shards")

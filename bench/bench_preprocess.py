@@ -101,7 +101,9 @@ def record_digests(folder: str) -> list[str]:
 def beam_run(root: str, out: str, beam_args: list[str] | None) -> tuple[float, int, str]:
     started = time.monotonic()
     summary = run_preprocess(root, out, image_size=OUTPUT_SIZE, beam_args=beam_args, overwrite=True)
-    return time.monotonic() - started, summary.written, summary.runner
+    seconds = time.monotonic() - started
+    spread = " + ".join(str(n) for n in summary.files_per_worker)
+    return seconds, summary.written, f"{summary.runner} [files per worker process: {spread}]"
 
 
 def main() -> int:

@@ -80,8 +80,12 @@ class PreprocessSummary:
     seconds: float
     images_per_second: float                 # inputs handled (written + rejected) per second
     runner: str
-    worker_processes: int = 0                # distinct worker processes that wrote shards
+    files_per_worker: list[int] = field(default_factory=list)   # files each worker process handled
     counters: dict[str, int] | None = None   # Beam Metrics, when the runner answers metrics queries
+
+    @property
+    def worker_processes(self) -> int:
+        return len(self.files_per_worker)
     replaced: list[str] = field(default_factory=list)   # old output files that were removed
 
 
@@ -341,8 +345,15 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
         reject_reasons=dict(sorted(Counter(_reason_kind(r) for _, r in rejects).items())),
         skipped_folders=discovery.skipped_folders, seconds=seconds,
         images_per_second=manifest.found / max(seconds, 1e-9), runner=runner,
-        worker_processes=len({body.get("worker") for body in summaries.values()}), counters=counters,
-        replaced=replaced)
+        files_per_worker=_files_per_worker(summaries), counters=counters, replaced=replaced)
+
+
+def _files_per_worker(summaries: dict[str, dict]) -> list[int]:
+    """How the shards were spread: files handled by each worker process, most first."""
+    per_worker: Counter = Counter()
+    for body in summaries.values():
+        per_worker[body.get("worker")] += body["assigned"]
+    return sorted(per_worker.values(), reverse=True)
 
 
 def _run_pipeline(plan, root, tmp, image_size, options, local, total, start, progress):
