@@ -103,12 +103,134 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
 
 # ---------------------------------------------------------------- train
 def add_train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train the gender classifier on preprocessed records")
+    from model.classifier import DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT, DEFAULT_FREEZE_THROUGH
+    from model.distribute import PRECISIONS, STRATEGIES
+    from model.train import DEFAULT_CHECKPOINT_EVERY, DEFAULT_LEARNING_RATE
+
+    p = sub.add_parser(
+        "train", help="train the gender classifier on preprocessed records",
+        description="Fine-tune a gender classifier on VGG-Face from the records `preprocess` wrote. "
+                    "Killed and rerun with the same command, it resumes from its last checkpoint. "
+                    "Several machines: run the same command on each with TF_CONFIG set.")
+    p.add_argument("-w", "--weights", required=True, help="VGG_FACE.t7, or the .keras written by convert")
+    p.add_argument("-i", "--input", required=True, help="records directory written by preprocess")
+    p.add_argument("-o", "--output", required=True,
+                   help="the trained model (.keras); the SavedModel export, history CSV and logs go beside it")
+    p.add_argument("-e", "--epochs", type=int, default=1, help="epochs to train (default 1)")
+    p.add_argument("-b1", "--batch-size", type=int, default=32,
+                   help="training batch size PER REPLICA (default 32; global = this x replicas)")
+    p.add_argument("-b2", "--valid-batch-size", type=int, default=32,
+                   help="validation batch size per replica (default 32)")
+    p.add_argument("-m", "--memory", choices=("low", "high"), default="low",
+                   help="low: stream the records from disk (default); high: cache the decoded images in RAM")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="flip/rotate/shift/zoom/brightness the training images (default on)")
+    p.add_argument("--cut-layer", default=DEFAULT_CUT_LAYER,
+                   help=f"VGG-Face layer the head sits on (default {DEFAULT_CUT_LAYER})")
+    p.add_argument("--freeze-through", default=DEFAULT_FREEZE_THROUGH,
+                   help=f"layers up to this one are not trained (default {DEFAULT_FREEZE_THROUGH}; 'none')")
+    p.add_argument("--dense-units", type=int, default=DEFAULT_DENSE_UNITS,
+                   help=f"units of the head's hidden layer (default {DEFAULT_DENSE_UNITS})")
+    p.add_argument("--dropout", type=float, default=DEFAULT_DROPOUT, help=f"head dropout (default {DEFAULT_DROPOUT})")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 on GPUs of compute capability >= 8.0, fp16 on 7.x, float32 on CPU")
+    p.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                   help="auto: multiworker when TF_CONFIG names a cluster, mirrored on several GPUs, else default")
+    p.add_argument("--checkpoint-dir", default=None, help="default: <output without .keras>.ckpt")
+    p.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY,
+                   help=f"save a checkpoint every this many steps, and at each epoch end "
+                        f"(default {DEFAULT_CHECKPOINT_EVERY})")
+    p.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
+                   help=f"Adam learning rate (default {DEFAULT_LEARNING_RATE:g})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the head's initialization, dropout, "
+                                                        "shuffling and augmentation (default 0)")
+    p.add_argument("--log-dir", default=None, help="TensorBoard logs (default: <output without .keras>_logs)")
     p.set_defaults(func=cmd_train)
 
 
+def _train_progress():
+    """A progress callback printing the run's set-up, a per-step bar (tqdm on a terminal, a plain
+    line every ~5 % of the epoch otherwise), checkpoints, validation and outputs."""
+    from tqdm import tqdm
+
+    state: dict = {"bar": None, "every": 1}
+    tty = sys.stderr.isatty()
+
+    def close_bar() -> None:
+        if state["bar"] is not None:
+            state["bar"].close()
+            state["bar"] = None
+
+    def on_event(e: dict) -> None:
+        kind = e["event"]
+        if kind == "setup":
+            who = (f", this is {e['task_type']} {e['task_id']}{' (chief)' if e['is_chief'] else ''}"
+                   if e["workers"] > 1 else "")
+            print(f"strategy: {e['strategy']}, {e['replicas']} replica(s) on {e['workers']} worker(s){who}; "
+                  f"precision: {e['precision']}{' with loss scaling' if e['loss_scaling'] else ''}")
+            about = "" if e["steps_exact"] else "about "
+            print(f"data: {e['train_count']} training / {e['valid_count']} validation images "
+                  f"({e['image_size']}x{e['image_size']}); batch {e['per_replica_batch']} per replica = "
+                  f"{e['global_batch']} global, {about}{e['steps_per_epoch']} steps per epoch; "
+                  f"augmentation {'on' if e['augment'] else 'off'}")
+            if e["memory"] == "high":
+                print(f"memory: high: caching {e['memory_bytes'] / 2**20:,.1f} MiB of decoded images in RAM")
+            else:
+                print("memory: low: streaming the records from disk")
+            print(f"model: {e['trainable_params']:,} trainable, {e['frozen_params']:,} frozen parameters; "
+                  f"Adam, learning rate {e['learning_rate']:g}; {e['epochs']} epoch(s)")
+            print(f"checkpoints: {e['checkpoint_dir']}", flush=True)
+        elif kind == "resume":
+            if e["finished"]:
+                print(f"resumed from {e['checkpoint']}: training already complete ({e['epoch'] - 1} epochs); "
+                      f"writing the outputs again (delete the checkpoint directory to train afresh)", flush=True)
+            else:
+                print(f"resumed from {e['checkpoint']}: epoch {e['epoch']}, after step {e['step']} "
+                      f"(weights, optimizer state and data position restored)", flush=True)
+        elif kind == "step":
+            total = e["steps_per_epoch"]
+            if state["bar"] is None and tty:
+                state["bar"] = tqdm(total=total, initial=e["step"] - 1, desc=f"epoch {e['epoch']}/{e['epochs']}",
+                                    unit="step", file=sys.stderr, dynamic_ncols=True)
+            stats = f"loss {e['loss']:.4f}, acc {e['accuracy']:.2%}, {e['images_per_s']:,.0f} img/s"
+            if state["bar"] is not None:
+                state["bar"].total = max(state["bar"].total, e["step"])
+                state["bar"].set_postfix_str(stats, refresh=False)
+                state["bar"].update(1)
+            elif e["step"] == 1 or e["step"] % max(1, total // 20) == 0 or e["step"] == total:
+                print(f"epoch {e['epoch']}/{e['epochs']} step {e['step']}/{total}: {stats}", flush=True)
+        elif kind == "checkpoint" and e["path"]:
+            message = f"checkpoint {e['path']} (epoch {e['epoch']}, step {e['step']})"
+            tqdm.write(message, file=sys.stderr) if state["bar"] is not None else print(message, flush=True)
+        elif kind == "epoch_end":
+            close_bar()
+            print(f"epoch {e['epoch']}: loss {e['loss']:.4f}, accuracy {e['accuracy']:.2%} | validation "
+                  f"({e['val_count']} images): loss {e['val_loss']:.4f}, accuracy {e['val_accuracy']:.2%} | "
+                  f"{e['images_per_s']:,.0f} img/s, {e['seconds']:.1f} s", flush=True)
+        elif kind == "saved":
+            close_bar()
+            print(f"model: {e['output']}\nTF Serving export: {e['savedmodel']}\nhistory: {e['history_csv']}\n"
+                  f"TensorBoard logs: {e['log_dir']}\ncheckpoints: {e['checkpoint_dir']}", flush=True)
+
+    return on_event
+
+
 def cmd_train(args) -> int:
-    raise NotImplementedError("train")
+    from model.train import TrainConfig, train
+
+    config = TrainConfig(
+        weights=args.weights, records=args.input, output=args.output, epochs=args.epochs,
+        batch_size=args.batch_size, valid_batch_size=args.valid_batch_size, memory=args.memory,
+        augment=args.augment, cut_layer=args.cut_layer, freeze_through=args.freeze_through,
+        dense_units=args.dense_units, dropout=args.dropout, precision=args.precision, strategy=args.strategy,
+        checkpoint_dir=args.checkpoint_dir, learning_rate=args.learning_rate, seed=args.seed,
+        checkpoint_every_steps=args.checkpoint_every, log_dir=args.log_dir)
+    result = train(config, progress=_train_progress())
+    if not result.is_chief:
+        print(f"worker done; the chief writes the outputs")
+    # Every worker prints it: equal digests = identical weights everywhere.
+    print(f"final weights digest: {result.weights_digest}")
+    return 0
 
 
 # ---------------------------------------------------------------- evaluate

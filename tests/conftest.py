@@ -58,3 +58,19 @@ def records_dir(adience_root, tmp_path_factory) -> str:
     run_preprocess(root, out, image_size=224, train_shards=3, valid_shards=2,
                    beam_args=["--direct_num_workers=1", "--direct_running_mode=in_memory"])
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_model(records_dir, slim_t7, tmp_path_factory) -> tuple[str, str]:
+    """A slim classifier trained through model.train on `records_dir`: (model .keras path, records_dir).
+
+    The slim backbone has random weights, so it is fine-tuned whole (freeze_through="none"): that
+    learns the generated set to 100 % validation accuracy in 2 epochs, where the frozen random
+    backbone hovers around 90-97 %.
+    """
+    from model.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained") / "gender_classifier.keras"
+    train(TrainConfig(weights=slim_t7, records=records_dir, output=str(out), epochs=2, batch_size=16,
+                      augment=False, freeze_through="none", strategy="default", precision="float32"))
+    return str(out), records_dir

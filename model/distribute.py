@@ -1,0 +1,132 @@
+"""Where training runs and in which number format: tf.distribute strategy and Keras dtype policy.
+
+Both are chosen from the machine by default ("auto") and can be forced from the command line.
+The strategy must be created before TensorFlow runs anything else (MultiWorkerMirroredStrategy
+configures the collective ops at start-up), and the dtype policy must be set before the model
+is built (layers take the global policy when they are created).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from model.errors import ModelError
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def cluster_from_env() -> dict:
+    """The cluster spec of TF_CONFIG ({} when unset); ModelError when it is not valid JSON."""
+    raw = os.environ.get("TF_CONFIG", "").strip()
+    if not raw:
+        return {}
+    try:
+        config = json.loads(raw)
+        cluster = config.get("cluster", {}) if isinstance(config, dict) else None
+        if not isinstance(cluster, dict):
+            raise ValueError("'cluster' is not an object")
+    except ValueError as err:
+        raise ModelError(f"TF_CONFIG is not valid ({err}); it must be JSON like "
+                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}')
+    return cluster
+
+
+def cluster_task_count(cluster: dict) -> int:
+    """Number of tasks (chief + workers) of a TF_CONFIG cluster spec."""
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def _local_devices() -> list[str]:
+    """Local devices for MirroredStrategy: every GPU, else every (logical) CPU device."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return [d.name for d in gpus]
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def select_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """auto: MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of more than one task,
+    MirroredStrategy on several local GPUs, else the default strategy; or force one by name."""
+    if name not in STRATEGIES:
+        raise ModelError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if name == "auto":
+        if cluster_task_count(cluster_from_env()) > 1:
+            name = "multiworker"
+        elif len(tf.config.list_physical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "multiworker":
+        cluster_from_env()  # a malformed TF_CONFIG is bad input, not a traceback
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (RuntimeError, ValueError) as err:
+            raise ModelError(f"cannot start MultiWorkerMirroredStrategy ({err}); check TF_CONFIG "
+                             f"(every worker listed, this task's type and index)") from None
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=_local_devices())
+    return tf.distribute.get_strategy()
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """This process's place in the cluster."""
+
+    task_type: str | None
+    task_id: int
+    workers: int          # input pipelines = worker processes
+    is_chief: bool        # the one that writes outputs and the real checkpoints
+
+
+def task_info(strategy: tf.distribute.Strategy) -> TaskInfo:
+    """Who this process is: a single process is its own chief; under MultiWorkerMirroredStrategy
+    the chief is task "chief", or worker 0 when the cluster has no chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return TaskInfo(None, 0, 1, True)
+    cluster = resolver.cluster_spec().as_dict()
+    workers = cluster_task_count(cluster)
+    if workers <= 1 or resolver.task_type is None:
+        return TaskInfo(resolver.task_type, 0, 1, True)
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
+    return TaskInfo(task_type, task_id, workers, is_chief)
+
+
+def precision_for_capabilities(capabilities: list[tuple[int, int] | None]) -> str:
+    """The policy for a set of GPUs, decided by the weakest: bf16 needs compute capability 8.0
+    (Ampere), fast fp16 needs 7.x (Volta/Turing tensor cores); no GPU means float32."""
+    if not capabilities or any(c is None for c in capabilities):
+        return "float32"
+    lowest = min(tuple(c) for c in capabilities)
+    if lowest >= (8, 0):
+        return "mixed_bfloat16"
+    if lowest >= (7, 0):
+        return "mixed_float16"
+    return "float32"
+
+
+def select_precision(name: str = "auto") -> str:
+    """The dtype policy name: auto picks from the GPUs (see precision_for_capabilities); any of
+    float32, mixed_float16, mixed_bfloat16 can be forced. Does not set it (see apply_precision)."""
+    if name not in PRECISIONS:
+        raise ModelError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    if name != "auto":
+        return name
+    capabilities = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        capabilities.append(details.get("compute_capability"))
+    return precision_for_capabilities(capabilities)
+
+
+def apply_precision(policy: str) -> str:
+    """Set the Keras global dtype policy (call BEFORE building the model); returns the previous one."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    return previous

@@ -1,0 +1,140 @@
+"""The classifier: the original's architecture by default, named cut/freeze layers, loading with checks."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model.classifier import as_float32, build_classifier, load_classifier
+from model.errors import ModelError
+from model.vggface import SLIM_WIDTHS, build_vggface
+
+
+@pytest.fixture()
+def float32_policy():
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy(previous)
+
+
+def _names(model: keras.Model) -> list[str]:
+    return [layer.name for layer in model.layers]
+
+
+def test_defaults_reproduce_the_original(slim_t7, float32_policy):
+    from model.backbone import load_backbone
+
+    clf = build_classifier(load_backbone(slim_t7))
+    names = _names(clf)
+    assert clf.name == "gender_classifier"
+    # Cut right after relu4_2: the backbone up to it, nothing of it after it, then the head.
+    assert names[names.index("relu4_2") + 1:] == ["head_dropout", "head_flatten", "head_dense", "male_prob"]
+    assert "conv4_3" not in names and "fc6" not in names
+    assert clf.input.dtype == "uint8" and tuple(clf.input.shape) == (None, 224, 224, 3)
+    assert clf.get_layer("head_dropout").rate == 0.5
+    dense, out = clf.get_layer("head_dense"), clf.get_layer("male_prob")
+    assert dense.units == 32 and dense.activation.__name__ == "relu"
+    assert out.units == 1 and out.activation.__name__ == "sigmoid"
+    # Frozen through relu4_2: only the head trains.
+    frozen = names[1:names.index("relu4_2") + 1]
+    assert frozen[0] == "preprocess" and all(not clf.get_layer(n).trainable for n in frozen)
+    side = 224 // 8   # three poolings before block 4
+    shapes = [tuple(v.shape) for v in clf.trainable_weights]
+    assert shapes == [(side * side * SLIM_WIDTHS.conv[8], 32), (32,), (32, 1), (1,)]
+    probs = clf.predict(np.zeros((2, 224, 224, 3), np.uint8), verbose=0)
+    assert probs.shape == (2, 1) and np.all((probs > 0) & (probs < 1))
+
+
+def test_cut_and_freeze_are_layer_names(float32_policy):
+    clf = build_classifier(build_vggface(SLIM_WIDTHS), cut_layer="pool3", freeze_through="relu2_2",
+                           dense_units=8, dropout=0.25)
+    assert _names(clf)[-5] == "pool3"
+    assert not clf.get_layer("conv2_2").trainable
+    assert clf.get_layer("conv3_1").trainable and clf.get_layer("conv3_3").trainable
+    assert clf.get_layer("head_dense").units == 8 and clf.get_layer("head_dropout").rate == 0.25
+    everything = build_classifier(build_vggface(SLIM_WIDTHS), freeze_through="none")
+    assert all(layer.trainable for layer in everything.layers)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"cut_layer": "layer30"}, ["--cut-layer", "'layer30'", "relu4_2", "conv5_3", "pool5"]),
+    ({"freeze_through": "conv9_9"}, ["--freeze-through", "'conv9_9'", "conv1_1", "relu4_2"]),
+    ({"cut_layer": "relu3_3", "freeze_through": "relu4_2"}, ["comes after", "relu3_3"]),
+    ({"dense_units": 0}, ["--dense-units"]),
+    ({"dropout": 1.0}, ["--dropout"]),
+])
+def test_bad_options_are_clear_errors(kwargs, words, float32_policy):
+    with pytest.raises(ModelError) as err:
+        build_classifier(build_vggface(SLIM_WIDTHS), **kwargs)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_mixed_precision_keeps_the_output_float32(float32_policy):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    clf = build_classifier(build_vggface(SLIM_WIDTHS))
+    assert clf.get_layer("conv1_1").compute_dtype == "bfloat16"
+    assert clf.get_layer("head_dense").compute_dtype == "bfloat16"
+    assert clf.get_layer("conv1_1").kernel.dtype == "float32"      # variables stay float32
+    assert clf.get_layer("preprocess").compute_dtype == "float32"
+    assert clf.get_layer("male_prob").compute_dtype == "float32" and clf.output.dtype == "float32"
+    images = np.random.default_rng(0).integers(0, 256, (4, 224, 224, 3), dtype=np.uint8)
+    mixed = clf(images, training=False)
+    assert mixed.dtype == tf.float32
+    keras.mixed_precision.set_global_policy("float32")
+    plain = as_float32(clf)
+    assert all(layer.compute_dtype == "float32" for layer in plain.layers if layer.name != "image")
+    # Same weights, float32 arithmetic: close to the bfloat16 result, not necessarily equal.
+    np.testing.assert_allclose(plain(images, training=False).numpy(), mixed.numpy(), atol=0.05)
+    for a, b in zip(plain.get_weights(), clf.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_classifier_checks_what_it_loads(tmp_path, slim_t7, trained_model, float32_policy):
+    from model.backbone import convert_t7_to_keras
+
+    model_path, _ = trained_model
+    loaded = load_classifier(model_path)
+    assert loaded.name == "gender_classifier" and loaded.output.dtype == "float32"
+
+    vggface = str(tmp_path / "vggface.keras")
+    convert_t7_to_keras(slim_t7, vggface)
+    with pytest.raises(ModelError, match="a VGG-Face backbone, not a gender classifier; train one with "
+                                         "`python cli.py train`"):
+        load_classifier(vggface)
+
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, name="scores")])
+    other_path = str(tmp_path / "other.keras")
+    other.save(other_path)
+    with pytest.raises(ModelError, match="not a gender classifier"):
+        load_classifier(other_path)
+    with pytest.raises(ModelError, match="does not exist"):
+        load_classifier(str(tmp_path / "missing.keras"))
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(b"not a zip archive at all")
+    with pytest.raises(ModelError, match="not a .keras model file"):
+        load_classifier(str(garbage))
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(open(model_path, "rb").read()[:-2000])
+    with pytest.raises(ModelError):
+        load_classifier(str(truncated))
+
+
+def test_saved_model_serves_uint8_like_the_keras_file(trained_model, float32_policy):
+    model_path, records = trained_model
+    from pipeline.reader import make_dataset
+
+    images, labels = next(iter(make_dataset(records, "valid", 8)))
+    keras_probs = load_classifier(model_path).predict(images, verbose=0)
+    served = tf.saved_model.load(model_path[: -len(".keras")] + "_savedmodel")
+    signature = served.signatures["serving_default"]
+    spec = list(signature.structured_input_signature[1].values())[0]
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 224, 224, 3]
+    served_probs = served.serve(images).numpy()
+    np.testing.assert_allclose(served_probs, keras_probs, rtol=1e-5, atol=1e-6)
+    # The fixture's model learned the generated set: served predictions agree with the labels.
+    assert np.mean((served_probs[:, 0] >= 0.5) == (labels.numpy() >= 0.5)) >= 0.75
