@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from model.errors import ModelError
-from model.t7 import load_t7_keras_weights
+from model.t7 import load_t7_keras_weights, read_vggface_t7
 # Importing model.vggface also registers MeanSubtract, which safe-mode loading needs.
 from model.vggface import (CONV_NAMES, LAYER_NAMES, VGG_IMAGE_SIZE, VGGWidths, WEIGHTED_NAMES,
                            build_vggface)
@@ -59,12 +59,16 @@ def _load_keras_weights(path: str) -> tuple[VGGWidths, dict[str, list[np.ndarray
     return widths, weights
 
 
-def _load_weights(path: str) -> tuple[VGGWidths, dict[str, list[np.ndarray]]]:
+def _check_path(path: str) -> None:
     if not os.path.exists(path):
         raise ModelError(f"weights file {path} does not exist; download VGG_FACE.t7 (see the "
                          f"README) or give the .keras file written by `python cli.py convert`")
     if os.path.isdir(path):
         raise ModelError(f"backbone path {path} is a directory; give VGG_FACE.t7 or a .keras file")
+
+
+def _load_weights(path: str) -> tuple[VGGWidths, dict[str, list[np.ndarray]]]:
+    _check_path(path)
     if _is_keras_file(path):
         return _load_keras_weights(path)
     return load_t7_keras_weights(path)
@@ -72,7 +76,10 @@ def _load_weights(path: str) -> tuple[VGGWidths, dict[str, list[np.ndarray]]]:
 
 def read_vggface_widths(path: str) -> VGGWidths:
     """The channel widths of a VGG_FACE.t7 or converted .keras file."""
-    return _load_weights(path)[0]
+    _check_path(path)
+    if _is_keras_file(path):
+        return _load_keras_weights(path)[0]
+    return read_vggface_t7(path).widths  # checked, but no conversion needed
 
 
 def load_backbone(path: str, image_size: int = VGG_IMAGE_SIZE) -> keras.Model:
