@@ -420,11 +420,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 pointed at /dev/null: its C++ start-up logs
+    ("I0000 … oneDNN", "All log messages before absl::InitializeLog…") ignore every log-level
+    variable, and a user's bad input must produce one line, not a screenful."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     from model.errors import ModelError
     from pipeline.errors import DataError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before the parsers: some take their defaults from modules that import TensorFlow. The Beam
+    # job (preprocess) never needs it, and its launcher stays quick to start without it.
+    if not argv or argv[0] != "preprocess":
+        _import_tensorflow_quietly()
     parser = build_parser()
     # Only `preprocess` accepts options it does not know: they go to Beam's PipelineOptions.
     args, extra = parser.parse_known_args(argv)
