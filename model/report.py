@@ -199,7 +199,10 @@ def summary_lines(report: dict, report_dir: str) -> list[str]:
         auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
         lines.append(f"{split}: n={m['n']}  accuracy={m['accuracy']:.4f}  loss={m['loss']:.4f}  auc={auc}")
         worst = m.get("worst_age_group")
-        if worst is not None:
+        filled = [e["accuracy"] for g, e in m["by_age"].items() if e["n"] and g in AGE_GROUP_NAMES]
+        if worst is not None and len(set(filled)) == 1:
+            lines.append(f"  every age group ({len(filled)} with examples) at accuracy {worst['accuracy']:.4f}")
+        elif worst is not None:
             lines.append(f"  worst age group: {worst['group']} accuracy={worst['accuracy']:.4f} (n={worst['n']})")
     lines.append(f"report: {os.path.join(report_dir, REPORT_NAME)} (plots and {PREDICTIONS_NAME} beside it)")
     return lines

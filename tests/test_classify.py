@@ -18,18 +18,9 @@ FAMILIAR = re.compile(r"\A\*\*\*\*\noutput class is (female|male)\. \(sigmoid va
 
 
 @pytest.fixture(scope="module")
-def classifier_path(request, tmp_path_factory, slim_t7) -> str:
-    """The trained slim model when the suite has one, else an untrained classifier on the slim backbone."""
-    try:
-        trained = request.getfixturevalue("trained_model")
-        return str(getattr(trained, "model_path", trained))
-    except pytest.FixtureLookupError:
-        from model.backbone import load_backbone
-        from model.classifier import build_classifier
-
-        path = str(tmp_path_factory.mktemp("classify_model") / "classifier.keras")
-        build_classifier(load_backbone(slim_t7)).save(path)
-        return path
+def classifier_path(trained_model) -> str:
+    """The slim classifier trained on the generated records (conftest)."""
+    return trained_model[0]
 
 
 @pytest.fixture(scope="module")
