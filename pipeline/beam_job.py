@@ -257,6 +257,18 @@ def _existing_outputs(out: str) -> list[str]:
     return sorted(found)
 
 
+def _check_writable(tmp: str, plan_summary: dict) -> None:
+    """Write the plan into the temp folder now: an unwritable OUT is one clear error, not a
+    failure deep inside a worker."""
+    try:
+        with FileSystems.create(FileSystems.join(tmp, "plan.json"),
+                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(json.dumps(plan_summary, sort_keys=True).encode("utf-8"))
+    except Exception as err:  # noqa: BLE001 - permission denied, read-only file system, bad bucket...
+        detail = getattr(err, "exception_details", None) or err
+        raise DataError(f"cannot write into {tmp.rsplit('/', 1)[0]}: {detail}") from None
+
+
 def _read_json_files(folder: str) -> dict[str, dict]:
     """name -> parsed JSON of every file in a folder; files being rewritten right now are skipped."""
     try:
@@ -324,6 +336,7 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
 
     tmp = FileSystems.join(out, f"{_TMP_PREFIX}{uuid.uuid4().hex[:12]}")
     try:
+        _check_writable(tmp, {"root": root, "files": total, "shards": shard_counts})
         result, counters = _run_pipeline(plan, root, tmp, image_size, options, local, total, start, progress)
         summaries = _read_json_files(FileSystems.join(tmp, "summaries"))
         manifest, rejects = _reconcile(discovery, plan, shard_counts, summaries, image_size)

@@ -39,6 +39,22 @@ class Discovery:
         return len(self.candidates) + len(self.skipped)
 
 
+def _check_local_listing(split_dir: str) -> None:
+    """Beam's local listing (os.walk) silently skips unreadable folders and does not follow
+    symbolic links to folders: find both here so that no file is silently left out."""
+    import os
+
+    problems = []
+    for dirpath, dirnames, _ in os.walk(split_dir, onerror=problems.append):
+        problems.extend(f"{os.path.join(dirpath, d)} is a symbolic link to a folder" for d in dirnames
+                        if os.path.islink(os.path.join(dirpath, d)))
+    if problems:
+        first = problems[0]
+        detail = f"{first.filename}: {first.strerror}" if isinstance(first, OSError) else first
+        raise DataError(f"cannot list every file under {split_dir} ({detail}); the listing would "
+                        f"silently miss files: fix the permissions or replace links with real folders")
+
+
 def _strip(root: str) -> str:
     return root.rstrip("/") if root not in ("/", "") else root
 
@@ -64,6 +80,8 @@ def discover(root: str) -> Discovery:
             raise DataError(f"cannot list {split_dir}: {getattr(err, 'exception_details', err)}") from None
         if matched or FileSystems.exists(split_dir):
             any_split_dir = True
+            if "://" not in split_dir:
+                _check_local_listing(split_dir)
         prefix = split_dir + "/"
         for meta in matched:
             path = meta.path.replace("\\", "/")

@@ -306,3 +306,21 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "does not exist" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_unwritable_output_is_one_clear_error(tiny_root, tmp_path):
+    root, _ = tiny_root
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(DataError, match="cannot write into"):
+        run_preprocess(root, str(tmp_path / "a_file" / "out"), beam_args=IN_MEMORY)
+    with pytest.raises(DataError, match="is a file"):
+        run_preprocess(root, str(tmp_path / "a_file"), beam_args=IN_MEMORY)
+
+
+def test_linked_folders_are_refused_rather_than_silently_missed(tiny_root, tmp_path):
+    root, _ = tiny_root
+    tree = tmp_path / "root"
+    (tree / "aligned").mkdir(parents=True)
+    os.symlink(os.path.join(root, "aligned", "2_F"), tree / "aligned" / "2_F")
+    with pytest.raises(DataError, match="symbolic link to a folder"):
+        run_preprocess(str(tree), str(tmp_path / "out"), beam_args=IN_MEMORY)
