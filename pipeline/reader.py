@@ -15,6 +15,7 @@ Mean subtraction and the float cast are NOT done here: the model does them (on t
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from typing import Sequence
 
@@ -179,6 +180,20 @@ def _cached_decoded(records_dir: str, manifest: Manifest, splits: list[str], pat
         return ds
 
 
+def _cache_prefix(cache_file: str, manifest: Manifest, splits: list[str], num_pipelines: int,
+                  pipeline_id: int) -> str:
+    """The file cache's prefix for exactly this content: a fingerprint of the records, splits and
+    pipeline position is appended, so a cache file made for other data is never served.
+    A lock left by a killed run (no finished cache yet) is removed: one cache file, one process."""
+    key = json.dumps([manifest.to_json(), splits, num_pipelines, pipeline_id])
+    prefix = f"{cache_file}.{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if not tf.io.gfile.exists(prefix + ".index"):
+        for stale in tf.io.gfile.glob(prefix + "_*"):
+            if stale.endswith(".lockfile") or ".tempstate" in stale:
+                tf.io.gfile.remove(stale)
+    return prefix
+
+
 def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, memory: str = "low",
                  augment: bool = False, shuffle: bool = False, seed: int = 0, epoch: int = 0, skip: int = 0,
                  with_meta: bool = False, input_context: tf.distribute.InputContext | None = None,
@@ -190,7 +205,9 @@ def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, 
     split: a split name or a list of them (read as one split, in the given order).
     batch_size: with input_context, the PER-REPLICA batch (the strategy hands out consecutive batches).
     memory: "high" caches the decoded images in RAM (describe_dataset says how much); "low" streams
-      with bounded memory (cache_file: also cache the serialized records to that local file).
+      with bounded memory. cache_file (low mode): also cache the serialized records in files with
+      this prefix (e.g. on a local disk when the records are remote); the file order is then fixed,
+      only the shuffle buffer mixes. One process per cache file.
     shuffle/augment: deterministic functions of (seed, epoch); augmentation is for training only, the
       caller leaves it off for validation. augment_params: an augment.AugmentParams (tests inject
       e.g. flip-only settings); None means augment.DEFAULT_PARAMS.
@@ -219,7 +236,7 @@ def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, 
         file_seed = derive_seed(seed, epoch, "files") if shuffle and cache_file is None else None
         ds = _read_records(paths, num_pipelines, pipeline_id, file_seed)
         if cache_file:
-            ds = ds.cache(cache_file)
+            ds = ds.cache(_cache_prefix(cache_file, manifest, splits, num_pipelines, pipeline_id))
         if shuffle:
             ds = ds.shuffle(LOW_SHUFFLE_BUFFER, seed=derive_seed(seed, epoch, "shuffle"),
                             reshuffle_each_iteration=False)

@@ -286,7 +286,17 @@ def test_cache_file_gives_the_same_data(records, tmp_path):
         cached = collect(make_dataset(directory, "train", 8, with_meta=True, cache_file=cache))
         assert cached[3] == plain[3]
         np.testing.assert_array_equal(cached[0], plain[0])
-    assert any(name.startswith("train.cache") for name in os.listdir(tmp_path))
+    assert any(name.startswith("train.cache") and name.endswith(".index") for name in os.listdir(tmp_path))
+    # Another split never reads this cache; a lock left by a killed run does not block a new one.
+    valid = collect(make_dataset(directory, "valid", 8, with_meta=True, cache_file=cache))
+    assert all(p.startswith("valid/") for p in valid[3]) and len(valid[3]) == 11
+    for name in os.listdir(tmp_path):
+        os.remove(tmp_path / name)
+    it = iter(make_dataset(directory, "train", 8, cache_file=cache))
+    next(it)   # a partly written cache and its lock, as a killed run leaves them
+    assert any(name.endswith(".lockfile") for name in os.listdir(tmp_path))
+    again = collect(make_dataset(directory, "train", 8, with_meta=True, cache_file=cache))
+    assert again[3] == plain[3]
 
 
 def test_bad_inputs_give_one_clear_error(records, tmp_path):
