@@ -105,8 +105,9 @@ def decode_image(data: bytes, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
             side = min(w, h)
             left, top = (w - side) // 2, (h - side) // 2
             # Lanczos rather than bicubic + reducing_gap: after draft the remaining reduction is
-            # < 2x for JPEGs, where reducing_gap does nothing, and Lanczos costs only ~10% more
-            # time per image (measured) for a sharper antialiased result.
+            # < 2x for JPEGs, where reducing_gap does nothing, and Lanczos costs little more
+            # (408->224: 3.2 ms vs 2.8 ms for bicubic, measured; ~5% of the whole decode) for a
+            # sharper antialiased result.
             im = im.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side))
             rgb = np.asarray(im, dtype=np.uint8)
         except Exception as err:  # noqa: BLE001 - Pillow raises assorted types on malformed files
