@@ -101,6 +101,18 @@ def test_mixed_bfloat16_on_cpu(records_dir, slim_t7, tmp_path):
     assert {layer.compute_dtype for layer in saved.layers if layer.name != "image"} == {"float32"}
 
 
+def test_mixed_float16_trains_with_loss_scaling(records_dir, slim_t7, tmp_path):
+    events = []
+    result = train(TrainConfig(weights=slim_t7, records=records_dir, output=str(tmp_path / "m.keras"), epochs=1,
+                               batch_size=40, augment=False, strategy="default", precision="mixed_float16"),
+                   progress=events.append)
+    setup = next(e for e in events if e["event"] == "setup")
+    assert setup["loss_scaling"] and setup["compute_dtype"] == "float16" and setup["output_dtype"] == "float32"
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert math.isfinite(result.final["val_loss"]) and result.weights_digest != _fresh_digest(slim_t7)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
