@@ -17,7 +17,7 @@ mode ≥ 10× the original's low-memory path; with augmentation on both sides �
 The files are in the OS page cache after the warm-up epoch on both sides (300 MB of records,
 about 250 MB of JPEGs): this measures the pipelines, not the disk.
 
-Usage: .venv/bin/python bench/bench_reader.py [--images 2000] [--seconds 5] [--rounds 2]
+Usage: .venv/bin/python bench/bench_reader.py [--images 2000] [--seconds 4] [--rounds 3]
 Last line: one JSON object (see bench/run_all.py).
 """
 from __future__ import annotations
@@ -44,11 +44,6 @@ BATCH = 32
 HIGH_TARGET, LOW_TARGET, AUGMENT_TARGET = 50.0, 10.0, 10.0
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
-
-
 def prepare(images: int) -> tuple[str, str]:
     """The generated JPEG tree and its records, made once and reused while the parameters match."""
     from pipeline.beam_job import run_preprocess
@@ -72,10 +67,10 @@ def prepare(images: int) -> tuple[str, str]:
 
 
 class Meter:
-    """images/s of one contestant: best over rounds, with the peak RSS seen while it ran."""
+    """images/s of one contestant: the best of its rounds."""
 
     def __init__(self, name: str):
-        self.name, self.rates, self.peak = name, [], 0.0
+        self.name, self.rates = name, []
 
     def add(self, images: int, seconds: float) -> None:
         self.rates.append(images / seconds)
@@ -94,7 +89,6 @@ def time_reader(meter: Meter, records: str, memory: str, augment: bool, seconds:
         for batch in make_dataset(records, "train", BATCH, memory=memory, augment=augment, shuffle=True,
                                   seed=0, epoch=epoch):
             images += int(batch[1].shape[0])
-            meter.peak = max(meter.peak, rss_mb())
         epoch += 1
     meter.add(images, time.perf_counter() - start)
     return epoch
@@ -105,7 +99,6 @@ def time_iterator(meter: Meter, iterator, seconds: float) -> None:
     while time.perf_counter() - start < seconds:
         x, _ = next(iterator)
         images += len(x)
-        meter.peak = max(meter.peak, rss_mb())
     meter.add(images, time.perf_counter() - start)
 
 
@@ -138,8 +131,8 @@ def original_generators(jpegs: str, preloaded: np.ndarray, labels: np.ndarray) -
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
-    ap.add_argument("--seconds", type=float, default=5.0, help="per measurement")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
     load_before = os.getloadavg()
@@ -203,10 +196,10 @@ def main() -> int:
         m = meters[key]
         rows.append({"what": m.name, "images_per_s": round(m.best, 1), "baseline": base_name,
                      "ratio": round(m.best / base_rate, 1), "target": f">= {target:.0f}x" if target else None,
-                     "peak_rss_mb": round(m.peak), "met": None if target is None else m.best / base_rate >= target})
+                     "met": None if target is None else m.best / base_rate >= target})
     for key in [k for k in meters if k[0] == "original"]:
         m = meters[key]
-        rows.append({"what": m.name, "images_per_s": round(m.best, 1), "peak_rss_mb": round(m.peak)})
+        rows.append({"what": m.name, "images_per_s": round(m.best, 1)})
 
     print()
     print(f"{'what':58s} {'images/s':>10s} {'ratio':>8s} {'target':>8s}  baseline")
