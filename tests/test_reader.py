@@ -16,7 +16,6 @@ import tensorflow as tf
 from pipeline.augment import AugmentParams
 from pipeline.errors import DataError
 from pipeline.manifest import Manifest, SplitInfo, write_manifest
-from pipeline import reader
 from pipeline.reader import clear_memory_cache, describe_dataset, make_dataset
 from pipeline.records import encode_example
 from pipeline.schema import LABEL_NAMES, MANIFEST_NAME, shard_name
