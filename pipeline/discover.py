@@ -12,7 +12,7 @@ from pipeline.schema import GENDER_CODES, SPLIT_DIRS
 
 FOLDER_PATTERN = re.compile(r"^(\d+)_([" + "".join(GENDER_CODES) + r"])$")
 LAYOUT_HINT = "expected the agegender_cleaned layout ROOT/aligned/<age>_<F|M>/*.jpg"
-BAD_FOLDER_REASON = "folder name not <age>_<F|M>; folder skipped"
+BAD_FOLDER_REASON = "in a folder whose name is not <age>_<F|M>"
 MISPLACED_REASON = "not directly inside an <age>_<F|M> folder"
 
 
@@ -96,7 +96,7 @@ def discover(root: str) -> Discovery:
             m = FOLDER_PATTERN.match(parts[0])
             if not m:
                 bad_folders.add(f"{top}/{parts[0]}")
-                skipped.append((relpath, f"{BAD_FOLDER_REASON} ({parts[0]!r})"))
+                skipped.append((relpath, f"{BAD_FOLDER_REASON}: {parts[0]!r} (folder skipped)"))
                 continue
             candidates.append(Candidate(split, relpath, GENDER_CODES[m.group(2)], int(m.group(1))))
         if matched:

@@ -30,7 +30,7 @@ EXPECTED_REASON = {
     "empty": "empty file",
     "truncated_jpeg": "truncated image",
     "broken_jpeg": "corrupt image data",
-    "bad_folder": "folder name not <age>_<F|M>",
+    "bad_folder": "in a folder whose name is not <age>_<F|M>: 'unknown' (folder skipped)",
 }
 
 
