@@ -99,18 +99,18 @@ def _read_path_list(path: str) -> list[str] | None:
     return entries
 
 
-def _walk_images(directory: str) -> tuple[list[str], int]:
-    """Image files under directory (recursive, sorted, symlinked folders not followed) and the
-    count of other files skipped."""
-    found, skipped = [], 0
-    for root, dirs, files in os.walk(directory):
+def _walk_images(directory: str) -> tuple[list[str], int, list[OSError]]:
+    """Image files under directory (recursive, sorted, symlinked folders not followed), the count
+    of other files skipped, and the folders that could not be listed (never silently lost)."""
+    found, skipped, errors = [], 0, []
+    for root, dirs, files in os.walk(directory, onerror=errors.append):
         dirs.sort()
         for name in sorted(files):
             if is_image_name(name):
                 found.append(os.path.join(root, name))
             else:
                 skipped += 1
-    return found, skipped
+    return found, skipped, errors
 
 
 def expand_inputs(inputs: Sequence[str]) -> ExpandedInputs:
@@ -134,9 +134,11 @@ def expand_inputs(inputs: Sequence[str]) -> ExpandedInputs:
             # Remote (gs://, s3://) paths are read through Beam's FileSystems when decoded.
             add_file(path)
         elif os.path.isdir(path):
-            files, skipped = _walk_images(path)
+            files, skipped, errors = _walk_images(path)
             out.skipped += skipped
-            if not files:
+            for err in errors:
+                add_error(err.filename or path, f"cannot list folder ({err.strerror or err})")
+            if not files and not errors:
                 add_error(path, f"folder holds no image files ({' '.join(IMAGE_EXTENSIONS)})")
             for f in files:
                 add_file(f)
