@@ -18,10 +18,7 @@ MODEL_NAME = "gender_classifier"
 OUTPUT_LAYER = "male_prob"
 # The head's layer names (fixed, so checkpoints and saved models match by name).
 HEAD_LAYERS = ("head_dropout", "head_flatten", "head_dense", OUTPUT_LAYER)
-DEFAULT_CUT_LAYER = "relu4_2"
-DEFAULT_FREEZE_THROUGH = "relu4_2"
-DEFAULT_DENSE_UNITS = 32
-DEFAULT_DROPOUT = 0.5
+from model.defaults import DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT, DEFAULT_FREEZE_THROUGH
 # Spellings of "freeze nothing" for freeze_through.
 NO_FREEZE = (None, "", "none")
 

@@ -16,8 +16,7 @@ import tensorflow as tf
 
 from model.errors import ModelError
 
-STRATEGIES = ("auto", "default", "mirrored", "multiworker")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+from model.defaults import PRECISIONS, STRATEGIES
 
 
 def cluster_from_env() -> dict:

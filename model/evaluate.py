@@ -284,7 +284,7 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
     """Load a classifier, score the split(s) of a records directory, compute the metrics."""
     from model.classifier import load_classifier
     from model.distribute import cluster_from_env, cluster_task_count, select_strategy
-    from pipeline.reader import MEMORY_MODES
+    from pipeline.schema import MEMORY_MODES
 
     if memory not in MEMORY_MODES:
         raise DataError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")

@@ -36,23 +36,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.classifier import (DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT, DEFAULT_FREEZE_THROUGH,
-                              as_float32, build_classifier)
-from model.distribute import (PRECISIONS, STRATEGIES, TaskInfo, apply_precision, select_precision,
-                              select_strategy, task_info)
+from model.classifier import as_float32, build_classifier
+from model.defaults import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT,
+                            DEFAULT_FREEZE_THROUGH, DEFAULT_LEARNING_RATE, PRECISIONS, STRATEGIES)
+from model.distribute import TaskInfo, apply_precision, select_precision, select_strategy, task_info
 from model.errors import ModelError
+from pipeline.schema import MEMORY_MODES
 
-# Adam's step size. The original used Keras' default Adam (1e-3). The head is a dense layer on the
-# flattened relu4_2 map (401,408 inputs for the real VGG-Face), fed unnormalized ReLU activations
-# (mean-subtracted 0..255 pixels through nine convolutions), so its pre-activations are large and
-# 1e-3 overshoots in the first steps: on an earlier version of the generated set, epoch-1 training
-# loss was 1.88 at 1e-3 against 0.53 at 1e-4, and validation loss stayed higher at 1e-3 over
-# 5 epochs. On the current generated set both reach 100 % validation accuracy by epoch 2.
-DEFAULT_LEARNING_RATE = 1e-4
-DEFAULT_CHECKPOINT_EVERY = 100
 MAX_CHECKPOINTS_KEPT = 3
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images_per_s", "seconds")
-MEMORY_MODES = ("low", "high")
 # What must be equal for a checkpoint to be continued: anything that changes the network, the
 # optimizer's state layout or the order of the data. (Not epochs: training longer is allowed.)
 FINGERPRINT_KEYS = ("weights_widths", "image_size", "cut_layer", "freeze_through", "dense_units", "dropout",

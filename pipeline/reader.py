@@ -26,9 +26,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import DataError
 from pipeline.manifest import Manifest, join, load_manifest
-from pipeline.schema import CHANNELS
+from pipeline.schema import CHANNELS, MEMORY_MODES
 
-MEMORY_MODES = ("low", "high")
 # Low mode: a bounded shuffle buffer (of serialized records, about 150 KB each at 224x224, so
 # about 150 MB at most) plus a shuffled file order gives a good mix with bounded memory.
 LOW_SHUFFLE_BUFFER = 1024

@@ -14,6 +14,9 @@ GENDER_CODES = {"F": 0, "M": 1}
 # Split name -> folder of the agegender_cleaned variant.
 SPLIT_DIRS = {"train": "aligned", "valid": "valid"}
 
+# The reader's memory modes (the original's -m): "high" caches decoded images in RAM, "low" streams.
+MEMORY_MODES = ("low", "high")
+
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.jsonl"
 RECORD_SUFFIX = ".tfrecord"
