@@ -53,12 +53,20 @@ def add_preprocess_parser(sub) -> None:
                     "--project=... --region=... --temp_location=gs://...); the default is the "
                     "DirectRunner on every local core.")
     p.add_argument("-i", "--input", required=True, metavar="ROOT",
-                   help="Adience root holding aligned/<age>_<F|M>/ and valid/<age>_<F|M>/ (local, gs://, s3://)")
+                   help="Adience root (local, gs://, s3://): agegender_cleaned's aligned/<age>_<F|M>/ and "
+                        "valid/<age>_<F|M>/, or the official distribution's fold_0_data.txt … fold_4_data.txt "
+                        "with aligned/<user_id>/")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="records folder to write")
     p.add_argument("--image-size", type=int, default=224, help="side of the square output images (default 224)")
     p.add_argument("--train-shards", type=int, default=None,
                    help="number of training shards (default: about 128 MB of pixels each, at least 2)")
     p.add_argument("--valid-shards", type=int, default=None, help="number of validation shards (default: likewise)")
+    p.add_argument("--layout", choices=("auto", "aligned-valid", "adience-folds"), default="auto",
+                   help="auto (default): adience-folds when ROOT holds fold_K_data.txt files (splits fold0 … "
+                        "fold4, the 5-fold protocol), else aligned-valid (splits train, valid)")
+    p.add_argument("--fold-shards", type=int, default=None,
+                   help="number of shards per fold, adience-folds layout (default: about 128 MB of pixels each, "
+                        "at least 2)")
     p.add_argument("--overwrite", action="store_true", help="replace the records already in OUT")
     p.set_defaults(func=cmd_preprocess)
 
@@ -78,18 +86,26 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
     try:
         s = run_preprocess(args.input, args.output, image_size=args.image_size,
                            train_shards=args.train_shards, valid_shards=args.valid_shards,
-                           beam_args=beam_args, overwrite=args.overwrite, progress=progress)
+                           beam_args=beam_args, overwrite=args.overwrite, progress=progress,
+                           layout=args.layout, fold_shards=args.fold_shards)
     finally:
         for bar in bars:
             bar.close()
-    print(f"wrote {s.written} records from {s.found} files in {s.root} to {s.out} "
+    folds = s.layout == "adience-folds"
+    inputs = "fold-file rows" if folds else "files"
+    print(f"wrote {s.written} records from {s.found} {inputs} in {s.root} to {s.out} "
           f"({s.runner}, {s.seconds:.1f} s, {s.images_per_second:.0f} images/s)")
+    if folds:
+        users = s.manifest.extra.get("users_per_fold", {})
+        print(f"  layout adience-folds: five subject-exclusive folds ({sum(users.values())} user_ids, "
+              f"none in two folds)")
     if s.worker_processes > 1:
         print(f"  work spread over {s.worker_processes} worker processes: "
               f"{' + '.join(str(n) for n in s.files_per_worker)} files")
     for split, info in s.manifest.splits.items():
         labels = ", ".join(f"{n} {name}" for name, n in info.by_label.items())
-        print(f"  {split}: {info.count} images ({labels}) in {len(info.shards)} shards")
+        users = f", {s.manifest.extra['users_per_fold'][split]} user_ids" if folds else ""
+        print(f"  {split}: {info.count} images ({labels}{users}) in {len(info.shards)} shards")
     if s.rejected:
         reasons = ", ".join(f"{n} {reason}" for reason, n in s.reject_reasons.items())
         print(f"  rejected: {s.rejected} ({reasons}); listed in {s.rejects_path}")
@@ -97,6 +113,9 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
         print("  rejected: 0")
     for folder in s.skipped_folders:
         print(f"  skipped folder {folder}: its name is not <age>_<F|M> (its files are listed as rejects)")
+    if s.unlisted:
+        print(f"  unlisted: {len(s.unlisted)} image files under aligned/ that no fold row names (not part of "
+              f"the protocol, not written; listed in manifest.json under unlisted_files)")
     if s.replaced:
         print(f"  replaced {len(s.replaced)} files of the previous output")
     return 0
@@ -245,8 +264,13 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--report-dir", default=None,
                    help="where the report goes (default: <model stem>_report beside the model)")
     p.add_argument("-b", "--batch-size", type=int, default=64, help="batch size per device (default 64)")
-    p.add_argument("--memory", default="low", help="low (stream records, default) or high (decode into RAM)")
-    p.add_argument("--strategy", default="auto", help="auto (default), default, mirrored")
+    from model.defaults import STRATEGIES
+    from pipeline.schema import MEMORY_MODES
+
+    p.add_argument("--memory", choices=MEMORY_MODES, default="low",
+                   help="low: stream the records (default); high: decode them into RAM first")
+    p.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "multiworker"], default="auto",
+                   help="auto (default): mirrored over several local GPUs, else one device")
     p.set_defaults(func=cmd_evaluate)
 
 

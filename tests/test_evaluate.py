@@ -319,8 +319,7 @@ def _one_line_error(capsys) -> str:
     return err[0]
 
 
-@pytest.mark.parametrize("case", ["vggface", "missing_model", "missing_records", "bad_split", "bad_memory",
-                                  "cluster"])
+@pytest.mark.parametrize("case", ["vggface", "missing_model", "missing_records", "bad_split", "cluster"])
 def test_bad_input_is_one_line_and_exit_2(case, classifier_path, vggface_keras, records_dir, tmp_path, capsys,
                                           monkeypatch):
     import cli
@@ -333,13 +332,12 @@ def test_bad_input_is_one_line_and_exit_2(case, classifier_path, vggface_keras, 
             "missing_model": ["-m", str(tmp_path / "nope.keras"), "-i", records_dir],
             "missing_records": ["-m", classifier_path, "-i", str(tmp_path / "no_records")],
             "bad_split": ["-m", classifier_path, "-i", records_dir, "--split", "test"],
-            "bad_memory": ["-m", classifier_path, "-i", records_dir, "--memory", "medium"],
             "cluster": ["-m", classifier_path, "-i", records_dir]}[case]
     assert cli.main(["evaluate", *args, "--report-dir", str(tmp_path / "r")]) == 2
     line = _one_line_error(capsys)
     expected = {"vggface": "not a gender classifier", "missing_model": "does not exist",
                 "missing_records": "does not exist", "bad_split": "no split 'test'",
-                "bad_memory": "medium", "cluster": "one machine"}[case]
+                "cluster": "one machine"}[case]
     assert expected in line
     assert not os.path.exists(tmp_path / "r")
 
@@ -354,3 +352,13 @@ def test_summary_names_the_worst_age_group_with_its_accuracy_and_count():
     assert lines[0] == "valid: n=5  accuracy=0.6000  loss=" + f"{m['loss']:.4f}  auc={m['auc']:.4f}"
     assert lines[1] == "  worst age group: 25-32 accuracy=0.3333 (n=3)"
     assert lines[-1].startswith(f"report: {os.path.join('somewhere', 'report.json')}")
+
+
+def test_library_refuses_unknown_memory_mode_and_batch_size(classifier_path, records_dir):
+    from model.evaluate import evaluate
+    from pipeline.errors import DataError
+
+    with pytest.raises(DataError, match="unknown memory mode 'medium'"):
+        evaluate(classifier_path, records_dir, memory="medium")
+    with pytest.raises(DataError, match="batch size must be positive"):
+        evaluate(classifier_path, records_dir, batch_size=0)
