@@ -46,10 +46,11 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from pipeline.decode import DecodeError, decode_image, read_bytes
 from pipeline.discover import Discovery, discover
 from pipeline.errors import DataError
+from pipeline.folds import FOLD_SPLITS
 from pipeline.manifest import Manifest, SplitInfo, write_manifest
 from pipeline.records import encode_example
-from pipeline.schema import (CHANNELS, DEFAULT_IMAGE_SIZE, LABEL_NAMES, MANIFEST_NAME, REJECTS_NAME,
-                             RECORD_SUFFIX, SPLIT_DIRS, shard_name)
+from pipeline.schema import (CHANNELS, DEFAULT_IMAGE_SIZE, LABEL_NAMES, LAYOUT_ALIGNED_VALID, LAYOUT_FOLDS,
+                             MANIFEST_NAME, REJECTS_NAME, RECORD_SUFFIX, SPLIT_DIRS, shard_name)
 
 METRICS_NAMESPACE = "preprocess"
 # Default shard size: about this many bytes of raw pixels per shard (the TFRecord guide's
@@ -59,7 +60,9 @@ MIN_SHARDS = 2
 HEARTBEAT_SECONDS = 1.0
 POLL_SECONDS = 0.5
 SHARDING = "zlib.crc32(utf-8 relative path) mod shard count; records sorted by path within a shard"
-_SHARD_FILE = re.compile(r"^(" + "|".join(SPLIT_DIRS) + r")-\d+-of-\d+" + re.escape(RECORD_SUFFIX) + r"$")
+# Shard files of either layout (so --overwrite replaces a run of the other layout completely).
+_SHARD_FILE = re.compile(r"^(" + "|".join((*SPLIT_DIRS, *FOLD_SPLITS)) + r")-\d+-of-\d+"
+                         + re.escape(RECORD_SUFFIX) + r"$")
 _OUTPUT_NAMES = (MANIFEST_NAME, REJECTS_NAME)
 _TMP_PREFIX = ".tmp-"
 
@@ -80,6 +83,8 @@ class PreprocessSummary:
     seconds: float
     images_per_second: float                 # inputs handled (written + rejected) per second
     runner: str
+    layout: str = LAYOUT_ALIGNED_VALID
+    unlisted: list[str] = field(default_factory=list)    # adience-folds: images no fold row names
     files_per_worker: list[int] = field(default_factory=list)   # files each worker process handled
     counters: dict[str, int] | None = None   # Beam Metrics, when the runner answers metrics queries
 
@@ -304,8 +309,13 @@ def _reason_kind(reason: str) -> str:
 
 def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, train_shards: int | None = None,
                    valid_shards: int | None = None, beam_args: list[str] | None = None,
-                   overwrite: bool = False, progress: Callable[[dict], None] | None = None) -> PreprocessSummary:
-    """Convert ROOT (agegender_cleaned layout, any Beam file system) into records in OUT.
+                   overwrite: bool = False, progress: Callable[[dict], None] | None = None,
+                   layout: str = "auto", fold_shards: int | None = None) -> PreprocessSummary:
+    """Convert ROOT (any Beam file system) into records in OUT.
+
+    layout: "aligned-valid" (agegender_cleaned: splits train, valid), "adience-folds" (the official
+    fold files: splits fold0 … fold4, each fold's shards counted by fold_shards) or "auto" (the
+    fold files decide, see discover.detect_layout).
 
     progress, if given, is called about twice a second with {"done", "total", "rate"} (images
     handled so far, images to handle, images/s since the start, start-up included).
@@ -313,12 +323,13 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
     start = time.monotonic()
     if image_size < 1:
         raise DataError(f"--image-size must be a positive number of pixels, got {image_size}")
-    for flag, value in (("--train-shards", train_shards), ("--valid-shards", valid_shards)):
+    for flag, value in (("--train-shards", train_shards), ("--valid-shards", valid_shards),
+                        ("--fold-shards", fold_shards)):
         if value is not None and value < 1:
             raise DataError(f"{flag} must be at least 1, got {value}")
     out = out.rstrip("/") or out
     options, runner, local = _beam_options(beam_args)
-    discovery = discover(root)
+    discovery = discover(root, layout)
     root = discovery.root
     if FileSystems.exists(out) and "://" not in out and not os.path.isdir(out):
         raise DataError(f"output {out} is a file; -o needs a folder")
@@ -328,7 +339,10 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
                         f"pass --overwrite to replace them")
 
     per_split = Counter(c.split for c in discovery.candidates)
-    requested = {"train": train_shards, "valid": valid_shards}
+    if discovery.layout == LAYOUT_FOLDS:
+        # Every fold is in the output, even one without a usable row: the protocol has five.
+        per_split = Counter({split: per_split.get(split, 0) for split in FOLD_SPLITS})
+    requested = {"train": train_shards, "valid": valid_shards, **{split: fold_shards for split in FOLD_SPLITS}}
     shard_counts = {split: requested.get(split) or default_shards(n, image_size)
                     for split, n in sorted(per_split.items())}
     plan = _plan(discovery, shard_counts)
@@ -336,7 +350,7 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
 
     tmp = FileSystems.join(out, f"{_TMP_PREFIX}{uuid.uuid4().hex[:12]}")
     try:
-        _check_writable(tmp, {"root": root, "files": total, "shards": shard_counts})
+        _check_writable(tmp, {"root": root, "layout": discovery.layout, "files": total, "shards": shard_counts})
         result, counters = _run_pipeline(plan, root, tmp, image_size, options, local, total, start, progress)
         summaries = _read_json_files(FileSystems.join(tmp, "summaries"))
         manifest, rejects = _reconcile(discovery, plan, shard_counts, summaries, image_size)
@@ -358,7 +372,7 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
         reject_reasons=dict(sorted(Counter(_reason_kind(r) for _, r in rejects).items())),
         skipped_folders=discovery.skipped_folders, seconds=seconds,
         images_per_second=manifest.found / max(seconds, 1e-9), runner=runner,
-        files_per_worker=_files_per_worker(summaries), counters=counters, replaced=replaced)
+        layout=discovery.layout, unlisted=discovery.unlisted, files_per_worker=_files_per_worker(summaries), counters=counters, replaced=replaced)
 
 
 def _files_per_worker(summaries: dict[str, dict]) -> list[int]:
@@ -442,9 +456,14 @@ def _reconcile(discovery: Discovery, plan, shard_counts, summaries, image_size):
         raise DataError(f"internal check failed: found {discovery.found} files but wrote {written} and "
                         f"rejected {len(rejects)}; nothing was replaced")
     rejects.sort()
+    extra = {"sharding": SHARDING, "skipped_folders": discovery.skipped_folders}
+    if discovery.layout == LAYOUT_FOLDS:
+        # Images under aligned/ that no fold row names: not part of the protocol (not inputs, so
+        # not in found), listed so that nothing is silently ignored.
+        extra.update(users_per_fold=discovery.users_per_split, subject_exclusive=True,
+                     unlisted=len(discovery.unlisted), unlisted_files=discovery.unlisted)
     manifest = Manifest(image_size=image_size, source_root=discovery.root, splits=splits,
-                        found=discovery.found, rejected=len(rejects),
-                        extra={"sharding": SHARDING, "skipped_folders": discovery.skipped_folders})
+                        found=discovery.found, rejected=len(rejects), layout=discovery.layout, extra=extra)
     return manifest, rejects
 
 

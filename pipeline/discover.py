@@ -1,5 +1,7 @@
-"""Find the input files of an `agegender_cleaned` Adience tree, through Beam's FileSystems (local
-paths, gs://, s3://, ...), in the launching process: only paths, no pixels."""
+"""Find the input files of an Adience tree, through Beam's FileSystems (local paths, gs://, s3://,
+...), in the launching process: only paths, no pixels. Two layouts: the `agegender_cleaned`
+variant (aligned/ and valid/ with <age>_<F|M> folders) and the official distribution (five fold
+files naming the images under aligned/<user_id>/), chosen automatically or forced."""
 from __future__ import annotations
 
 import re
@@ -8,10 +10,15 @@ from dataclasses import dataclass, field
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import DataError
-from pipeline.schema import GENDER_CODES, SPLIT_DIRS
+from pipeline.folds import FOLD_FILE, N_FOLDS, FoldRow, check_subject_exclusive, fold_split, parse_fold_file
+from pipeline.schema import GENDER_CODES, LAYOUT_ALIGNED_VALID, LAYOUT_FOLDS, LAYOUTS, SPLIT_DIRS
 
 FOLDER_PATTERN = re.compile(r"^(\d+)_([" + "".join(GENDER_CODES) + r"])$")
 LAYOUT_HINT = "expected the agegender_cleaned layout ROOT/aligned/<age>_<F|M>/*.jpg"
+FOLDS_HINT = (f"the official distribution ROOT/{FOLD_FILE.format(k=0)} … {FOLD_FILE.format(k=N_FOLDS - 1)} with "
+              f"ROOT/aligned/<user_id>/landmark_aligned_face.<face_id>.<original_image>")
+BOTH_HINT = f"{LAYOUT_HINT} (--layout {LAYOUT_ALIGNED_VALID}) or {FOLDS_HINT} (--layout {LAYOUT_FOLDS})"
+MISSING_IMAGE_REASON = "missing image"
 BAD_FOLDER_REASON = "in a folder whose name is not <age>_<F|M>"
 MISPLACED_REASON = "not directly inside an <age>_<F|M> folder"
 
@@ -33,9 +40,15 @@ class Discovery:
     skipped: list[tuple[str, str]]                    # (relpath, reason): files never decoded
     skipped_folders: list[str] = field(default_factory=list)   # relpaths of badly named folders
     splits: list[str] = field(default_factory=list)   # splits that have at least one file
+    layout: str = LAYOUT_ALIGNED_VALID
+    # Folds layout: files under aligned/ that no fold row names. Not part of the protocol, so not
+    # inputs (not in `found`), but reported so that nothing is silently ignored.
+    unlisted: list[str] = field(default_factory=list)
+    users_per_split: dict[str, int] = field(default_factory=dict)   # folds layout: distinct user_ids
 
     @property
     def found(self) -> int:
+        """Inputs: files (aligned-valid) or fold-file rows (adience-folds), used or rejected."""
         return len(self.candidates) + len(self.skipped)
 
 
@@ -59,7 +72,42 @@ def _strip(root: str) -> str:
     return root.rstrip("/") if root not in ("/", "") else root
 
 
-def discover(root: str) -> Discovery:
+def _list_files(folder: str) -> list[str]:
+    """Every file below `folder` ('**' crosses folders), as full '/'-separated paths."""
+    try:
+        matched = FileSystems.match([FileSystems.join(folder, "**")])[0].metadata_list
+    except Exception as err:  # noqa: BLE001 - BeamIOError wraps the file system's own error
+        raise DataError(f"cannot list {folder}: {getattr(err, 'exception_details', err)}") from None
+    return [meta.path.replace("\\", "/") for meta in matched]
+
+
+def fold_files_present(root: str) -> list[int]:
+    """The k of every ROOT/fold_k_data.txt (0 <= k < N_FOLDS) that exists."""
+    root = _strip(root)
+    return [k for k in range(N_FOLDS) if FileSystems.exists(FileSystems.join(root, FOLD_FILE.format(k=k)))]
+
+
+def detect_layout(root: str) -> str:
+    """adience-folds when ROOT holds fold files (the official distribution also has aligned/, so
+    they decide), aligned-valid when it holds aligned/ or valid/; DataError naming both otherwise."""
+    root = _strip(root)
+    if fold_files_present(root):
+        return LAYOUT_FOLDS
+    # Otherwise the agegender_cleaned listing decides, with errors naming both layouts (on object
+    # stores a folder is only a prefix and "exists" says no, so only a listing can tell).
+    return LAYOUT_ALIGNED_VALID
+
+
+def discover(root: str, layout: str = "auto") -> Discovery:
+    """The inputs of ROOT in the given layout ("auto": detect_layout decides)."""
+    if layout not in ("auto", *LAYOUTS):
+        raise DataError(f"unknown layout {layout!r}; choose auto, {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        layout = detect_layout(root)
+    return discover_folds(root) if layout == LAYOUT_FOLDS else discover_aligned_valid(root)
+
+
+def discover_aligned_valid(root: str) -> Discovery:
     """All files under ROOT/aligned and ROOT/valid; DataError when ROOT is not such a tree.
 
     Files in a folder whose name is not <age>_<F|M>, or not directly inside such a folder, are
@@ -103,11 +151,81 @@ def discover(root: str) -> Discovery:
             splits.append(split)
     if not any_split_dir:
         if "://" not in root and not FileSystems.exists(root):
-            raise DataError(f"input folder {root} does not exist; {LAYOUT_HINT}")
-        raise DataError(f"{root} has neither aligned/ nor valid/: {LAYOUT_HINT}")
+            raise DataError(f"input folder {root} does not exist; {BOTH_HINT}")
+        raise DataError(f"{root} has neither aligned/ nor valid/ nor fold_K_data.txt files: {BOTH_HINT}")
     if not candidates and not skipped:
-        raise DataError(f"{root} holds no files under aligned/ or valid/: {LAYOUT_HINT}")
+        raise DataError(f"{root} holds no files under aligned/ or valid/: {BOTH_HINT}")
     candidates.sort(key=lambda c: (c.split, c.relpath))
     skipped.sort()
     return Discovery(root=root, candidates=candidates, skipped=skipped,
                      skipped_folders=sorted(bad_folders), splits=splits)
+
+
+def _read_text(path: str) -> str:
+    try:
+        with FileSystems.open(path) as f:
+            data = f.read()
+    except Exception as err:  # noqa: BLE001 - BeamIOError / OSError: one clear line
+        raise DataError(f"cannot read {path}: {getattr(err, 'exception_details', None) or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}): not an Adience fold file")
+
+
+def discover_folds(root: str) -> Discovery:
+    """The official distribution: every row of ROOT/fold_0_data.txt … fold_4_data.txt is an input
+    (`found` counts rows); a usable row whose image exists under aligned/ is a candidate of split
+    fold<k>, every other row a reject with its reason. DataError when a fold file is missing, when
+    aligned/ is, or when a user_id has rows in two folds (the protocol needs subject-exclusive folds).
+    """
+    root = _strip(root)
+    present = fold_files_present(root)
+    missing = [FOLD_FILE.format(k=k) for k in range(N_FOLDS) if k not in present]
+    if missing:
+        if "://" not in root and not FileSystems.exists(root):
+            raise DataError(f"input folder {root} does not exist; expected {FOLDS_HINT}")
+        raise DataError(f"{root} lacks {', '.join(missing)}: the 5-fold protocol needs all five fold files; "
+                        f"expected {FOLDS_HINT}")
+    rows, rejects = [], []
+    for k in range(N_FOLDS):
+        fold_rows, fold_rejects = parse_fold_file(k, _read_text(FileSystems.join(root, FOLD_FILE.format(k=k))))
+        rows.extend(fold_rows)
+        rejects.extend(fold_rejects)
+    if not rows and not rejects:
+        raise DataError(f"the fold files in {root} hold no rows; expected {FOLDS_HINT}")
+    fold_of = check_subject_exclusive(rows)
+
+    aligned = FileSystems.join(root, SPLIT_DIRS["train"])
+    files = _list_files(aligned)
+    if not files and not FileSystems.exists(aligned):
+        raise DataError(f"{root} has the fold files but no aligned/ folder with the images; expected {FOLDS_HINT}")
+    if "://" not in aligned:
+        _check_local_listing(aligned)
+    prefix = root + "/"
+    existing = {path[len(prefix):] for path in files if path.startswith(prefix)}
+
+    candidates: list[Candidate] = []
+    first_row: dict[str, FoldRow] = {}
+    for row in rows:
+        name = FOLD_FILE.format(k=row.fold)
+        earlier = first_row.setdefault(row.relpath, row)
+        if earlier is not row:
+            # Written once: a second record of the same image would count it twice.
+            rejects.append((row.relpath, f"duplicate row: {name} line {row.line} names the image of "
+                                         f"{FOLD_FILE.format(k=earlier.fold)} line {earlier.line} again"))
+        elif row.relpath not in existing:
+            rejects.append((row.relpath, f"{MISSING_IMAGE_REASON}: {name} line {row.line} names it but "
+                                         f"there is no such file"))
+        else:
+            candidates.append(Candidate(fold_split(row.fold), row.relpath, row.label, row.age))
+    named = set(first_row) | {what for what, _ in rejects}
+    unlisted = sorted(existing - named)
+    candidates.sort(key=lambda c: (c.split, c.relpath))
+    rejects.sort()
+    users: dict[str, set[str]] = {}
+    for user, k in fold_of.items():
+        users.setdefault(fold_split(k), set()).add(user)
+    return Discovery(root=root, candidates=candidates, skipped=rejects, skipped_folders=[],
+                     splits=sorted({c.split for c in candidates}), layout=LAYOUT_FOLDS, unlisted=unlisted,
+                     users_per_split={fold_split(k): len(users.get(fold_split(k), ())) for k in range(N_FOLDS)})

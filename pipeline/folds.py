@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pipeline.errors import DataError
 from pipeline.schema import AGE_UNKNOWN
 
 N_FOLDS = 5
@@ -26,6 +27,11 @@ def fold_split(k: int) -> str:
 
 
 FOLD_SPLITS = tuple(fold_split(k) for k in range(N_FOLDS))
+
+
+def fold_index(split: str) -> int | None:
+    """k of a split named fold<k> (0 <= k < N_FOLDS), else None."""
+    return FOLD_SPLITS.index(split) if split in FOLD_SPLITS else None
 
 
 def parse_age(text: str) -> int | None:
@@ -57,6 +63,7 @@ class FoldRow:
     user_id: str
     label: int
     age: int
+    line: int = 0       # line number in the fold file, for messages
 
 
 def parse_fold_file(k: int, text: str) -> tuple[list[FoldRow], list[tuple[str, str]]]:
@@ -67,7 +74,14 @@ def parse_fold_file(k: int, text: str) -> tuple[list[FoldRow], list[tuple[str, s
     name = FOLD_FILE.format(k=k)
     lines = text.splitlines()
     for number, line in enumerate(lines, 1):
-        if not line.strip() or (number == 1 and line.startswith("user_id")):
+        if number == 1 and line.startswith("user_id"):
+            header = tuple(c.strip() for c in line.split("\t"))
+            if header[:5] != FOLD_COLUMNS[:5]:
+                # Columns in another order would silently swap ages, genders and file names.
+                raise DataError(f"{name} starts with the header {'|'.join(header[:5])!r}, expected "
+                                f"{'|'.join(FOLD_COLUMNS[:5])!r} (tab-separated): not an Adience fold file")
+            continue
+        if not line.strip():
             continue
         cells = line.split("\t")
         if len(cells) < 5 or not all(cells[i].strip() for i in (0, 1, 2)):
@@ -76,13 +90,35 @@ def parse_fold_file(k: int, text: str) -> tuple[list[FoldRow], list[tuple[str, s
             continue
         user_id, original_image, face_id, age_text, gender = (c.strip() for c in cells[:5])
         relpath = image_relpath(user_id, face_id, original_image)
+        # Reasons read "<kind>: <details>": the summary counts rejects by kind.
         if gender not in FOLD_GENDERS:
-            what = "empty gender" if not gender else f"gender {gender!r} is not m or f"
-            rejects.append((relpath, f"{what} in {name} line {number}"))
+            reason = (f"empty gender: {name} line {number}" if not gender
+                      else f"gender not m or f: {gender!r} in {name} line {number}")
+            rejects.append((relpath, reason))
             continue
         age = parse_age(age_text)
         if age is None:
-            rejects.append((relpath, f"age {age_text!r} is neither a number nor a range in {name} line {number}"))
+            rejects.append((relpath, f"unparseable age: {age_text!r} in {name} line {number} is neither a "
+                                     f"number nor a range like (25, 32)"))
             continue
-        rows.append(FoldRow(k, relpath, user_id, FOLD_GENDERS[gender], age))
+        rows.append(FoldRow(k, relpath, user_id, FOLD_GENDERS[gender], age, number))
     return rows, rejects
+
+
+def check_subject_exclusive(rows: list[FoldRow]) -> dict[str, int]:
+    """user_id -> its fold; DataError when a user_id has rows in two folds (the protocol's folds
+    are subject-exclusive: a person seen in training must never be in the validation fold)."""
+    fold_of: dict[str, int] = {}
+    shared: dict[str, set[int]] = {}
+    for row in rows:
+        first = fold_of.setdefault(row.user_id, row.fold)
+        if first != row.fold:
+            shared.setdefault(row.user_id, {first}).add(row.fold)
+    if shared:
+        user = min(shared)
+        files = " and ".join(FOLD_FILE.format(k=k) for k in sorted(shared[user]))
+        more = f" (and {len(shared) - 1} more user_ids)" if len(shared) > 1 else ""
+        raise DataError(f"user_id {user} has rows in {files}{more}: the folds are not subject-exclusive, so "
+                        f"the cross-validation would test on people it trained on; fix the fold files "
+                        f"(the official ones put each user_id in one fold)")
+    return fold_of

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import DataError
-from pipeline.schema import (CHANNEL_ORDER, CHANNELS, MANIFEST_NAME, SCHEMA_VERSION, SPLIT_DIRS)
+from pipeline.schema import (CHANNEL_ORDER, CHANNELS, LAYOUT_ALIGNED_VALID, MANIFEST_NAME, SCHEMA_VERSION,
+                             SPLIT_DIRS)
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     channels: int = CHANNELS
     channel_order: str = CHANNEL_ORDER
-    layout: str = "aligned-valid"
+    layout: str = LAYOUT_ALIGNED_VALID
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -93,7 +94,7 @@ def load_manifest(records_dir: str, image_size: int | None = None) -> Manifest:
             rejected=int(body["rejected"]),
             channels=int(body["channels"]),
             channel_order=body["channel_order"],
-            layout=body.get("layout", "aligned-valid"),
+            layout=body.get("layout", LAYOUT_ALIGNED_VALID),
             extra={k: v for k, v in body.items() if k not in _KNOWN_KEYS},
         )
     except DataError:

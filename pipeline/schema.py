@@ -14,6 +14,12 @@ GENDER_CODES = {"F": 0, "M": 1}
 # Split name -> folder of the agegender_cleaned variant.
 SPLIT_DIRS = {"train": "aligned", "valid": "valid"}
 
+# Input layouts (the manifest's "layout"): the agegender_cleaned variant's train/valid split, and
+# the official distribution's five subject-exclusive folds (splits fold0 … fold4, pipeline/folds.py).
+LAYOUT_ALIGNED_VALID = "aligned-valid"
+LAYOUT_FOLDS = "adience-folds"
+LAYOUTS = (LAYOUT_ALIGNED_VALID, LAYOUT_FOLDS)
+
 # The reader's memory modes (the original's -m): "high" caches decoded images in RAM, "low" streams.
 MEMORY_MODES = ("low", "high")
 

@@ -1,4 +1,5 @@
-"""Generated Adience-shaped folders for the demo, the tests and the benchmarks.
+"""Generated Adience-shaped folders for the demo, the tests and the benchmarks (both layouts:
+`make_adience_tree` for agegender_cleaned, `make_adience_folds` for the official 5-fold files).
 
 Real image files on disk in the `agegender_cleaned` layout (ROOT/aligned/<age>_<F|M>/*.jpg for
 training, ROOT/valid/... for validation), with a visual difference between the classes that even a
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from pipeline.folds import FOLD_COLUMNS, FOLD_FILE, N_FOLDS, fold_split
 from pipeline.schema import GENDER_CODES, LABEL_NAMES, SPLIT_DIRS
 
 # Folder ages: one inside each Adience group, plus 35 between groups (25-32 and 38-43).
@@ -243,3 +245,133 @@ def make_adience_tree(root: str, n_train: int = 120, n_valid: int = 40, image_si
             by_age.pop(split)
     return SyntheticSummary(root=root, image_size=image_size, by_label=by_label, by_age=by_age,
                             images=images, rejects=rejects, skipped_folders=skipped, red_image=red_image)
+
+
+# ------------------------------------------------------------------ the official 5-fold distribution
+# Age cells of the fold files, with the age the records must store: ranges (kept as their midpoint,
+# in the range's group), plain numbers, and "None" (unknown, -1). Written here, not computed with
+# the parser, so that the tests check the parser against an independent truth.
+FOLD_AGE_CELLS = (("(25, 32)", 28), ("(0, 2)", 1), ("35", 35), ("(38, 43)", 40), ("None", -1),
+                  ("(8, 12)", 10), ("(60, 100)", 80), ("13", 13), ("(15, 20)", 17), ("(48, 53)", 50))
+# Bad rows (what preprocess must reject) -> the kind of reason it must give.
+BAD_ROW_KINDS = ("gender_u", "empty_gender", "missing_image", "malformed", "bad_age", "corrupt_image")
+
+
+@dataclass
+class FoldsSummary:
+    """What make_adience_folds wrote: the expected content of the preprocessed output."""
+
+    root: str
+    image_size: int
+    by_label: dict[str, dict[str, int]]       # fold split -> "female"/"male" -> good images
+    by_age: dict[str, dict[str, int]]         # fold split -> stored age as a string -> good images
+    images: dict[str, str]                    # relpath -> fold split of every good image
+    labels: dict[str, int]                    # relpath -> label of every good image
+    ages: dict[str, int]                      # relpath -> stored age of every good image
+    users: dict[str, int]                     # user_id -> its fold
+    rejects: dict[str, str]                   # relpath (or "fold_k_data.txt:line") -> BAD_ROW_KINDS kind
+    unlisted: list[str] = field(default_factory=list)   # image files no fold row names
+
+    def count(self, split: str) -> int:
+        return sum(self.by_label.get(split, {}).values())
+
+    @property
+    def good(self) -> int:
+        return len(self.images)
+
+    @property
+    def found(self) -> int:
+        """Rows of the fold files: good images plus rows to reject."""
+        return len(self.images) + len(self.rejects)
+
+
+def make_adience_folds(root: str, n_users: int = 10, faces_per_user: int = 4, image_size: int = 64,
+                       seed: int = 0, bad_rows: bool = True) -> FoldsSummary:
+    """Write the official distribution's layout under `root` (a local directory): fold_0_data.txt …
+    fold_4_data.txt and aligned/<user_id>/landmark_aligned_face.<face_id>.<original_image> JPEGs.
+
+    User i belongs to fold i % 5 only (subject-exclusive folds); its faces alternate female/male
+    (starting with i's parity, so every fold with two users has both classes) and cycle over
+    FOLD_AGE_CELLS. With `bad_rows`, the fold files also hold one row of every BAD_ROW_KINDS kind
+    (spread over the folds), and aligned/ one image that no row names (unlisted).
+    """
+    rng = np.random.default_rng(seed)
+    lines: dict[int, list[list[str]]] = {k: [] for k in range(N_FOLDS)}
+    by_label = {fold_split(k): {name: 0 for name in LABEL_NAMES} for k in range(N_FOLDS)}
+    by_age: dict[str, dict[str, int]] = {fold_split(k): {} for k in range(N_FOLDS)}
+    images: dict[str, str] = {}
+    labels: dict[str, int] = {}
+    ages: dict[str, int] = {}
+    users: dict[str, int] = {}
+    rejects: dict[str, str] = {}
+    face_id = 0
+
+    def geometry() -> list[str]:
+        x, y = rng.integers(0, 800, 2)
+        return [str(x), str(y), str(rng.integers(100, 900)), str(rng.integers(100, 900)),
+                str(rng.integers(-90, 90)), str(rng.integers(-30, 30)), str(rng.integers(0, 200))]
+
+    def write_face(user: str, image: str, face: int, data: bytes) -> str:
+        relpath = f"aligned/{user}/landmark_aligned_face.{face}.{image}"
+        path = os.path.join(root, *relpath.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        return relpath
+
+    def original_name() -> str:
+        return f"{rng.integers(1 << 40):011d}_{rng.integers(1 << 32):08x}_o.jpg"
+
+    for i in range(n_users):
+        k = i % N_FOLDS
+        user = f"{rng.integers(10_000_000, 99_999_999)}@N{i % 10:02d}"
+        users[user] = k
+        for j in range(faces_per_user):
+            label = (i + j) % 2
+            cell, age = FOLD_AGE_CELLS[(i * faces_per_user + j) % len(FOLD_AGE_CELLS)]
+            face_id += 1
+            image = original_name()
+            relpath = write_face(user, image, face_id, _encode(_render(rng, label, image_size), "jpeg", rng))
+            lines[k].append([user, image, str(face_id), cell, "fm"[label], *geometry()])
+            split = fold_split(k)
+            images[relpath], labels[relpath], ages[relpath] = split, label, age
+            by_label[split][LABEL_NAMES[label]] += 1
+            by_age[split][str(age)] = by_age[split].get(str(age), 0) + 1
+    unlisted = []
+    if bad_rows:
+        user_of_fold = {k: u for u, k in reversed(users.items())}
+        for n, kind in enumerate(BAD_ROW_KINDS):
+            k = n % N_FOLDS
+            user = user_of_fold.get(k) or next(iter(users))
+            k = users[user]
+            face_id += 1
+            image = original_name()
+            cells = [user, image, str(face_id), "(25, 32)", "f", *geometry()]
+            if kind == "malformed":
+                lines[k].append(["this line has no tabs, it is not a row"])
+                rejects[f"{FOLD_FILE.format(k=k)}:{len(lines[k]) + 1}"] = kind   # +1: the header
+                continue
+            data = _encode(_render(rng, 0, image_size), "jpeg", rng)
+            if kind == "gender_u":
+                cells[4] = "u"
+            elif kind == "empty_gender":
+                cells[4] = ""
+            elif kind == "bad_age":
+                cells[3] = "(about, thirty)"
+            elif kind == "corrupt_image":
+                data = data[: len(data) // 2]
+            relpath = f"aligned/{user}/landmark_aligned_face.{face_id}.{image}"
+            if kind != "missing_image":
+                write_face(user, image, face_id, data)
+            lines[k].append(cells)
+            rejects[relpath] = kind
+        face_id += 1
+        unlisted.append(write_face(next(iter(users)), original_name(), face_id,
+                                   _encode(_render(rng, 1, image_size), "jpeg", rng)))
+    os.makedirs(root, exist_ok=True)
+    for k in range(N_FOLDS):
+        with open(os.path.join(root, FOLD_FILE.format(k=k)), "w", encoding="utf-8", newline="\n") as f:
+            f.write("\t".join(FOLD_COLUMNS) + "\n")
+            f.write("".join("\t".join(cells) + "\n" for cells in lines[k]))
+    return FoldsSummary(root=root, image_size=image_size, by_label=by_label, by_age=by_age, images=images,
+                        labels=labels, ages=ages, users=users, rejects=rejects, unlisted=unlisted)
