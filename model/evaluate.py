@@ -16,14 +16,16 @@ import numpy as np
 
 from model.errors import ModelError
 from pipeline.errors import DataError
-from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of
+from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of
 
 # A score above this is "male" (label 1). Strictly greater, as keras.metrics.binary_accuracy decides,
 # so `evaluate`'s accuracy equals what Keras would report for the same scores.
 DECISION_THRESHOLD = 0.5
 POSITIVE_CLASS = LABEL_NAMES[1]
-# The age-group rule, stated in the report in the words of the one function that applies it.
-AGE_GROUP_RULE = " ".join(inspect.getdoc(age_group_of).split())
+# The age-group rule, stated in the report in the words of the one function that applies it
+# (its constant's name replaced by what it means to a reader of the report).
+AGE_GROUP_RULE = " ".join(inspect.getdoc(age_group_of).split()).replace(
+    "AGE_UNKNOWN", f"age {AGE_UNKNOWN} (no age known)")
 
 Progress = Callable[[dict], None]
 
