@@ -61,7 +61,9 @@ def add_preprocess_parser(sub) -> None:
     p.add_argument("--train-shards", type=int, default=None,
                    help="number of training shards (default: about 128 MB of pixels each, at least 2)")
     p.add_argument("--valid-shards", type=int, default=None, help="number of validation shards (default: likewise)")
-    p.add_argument("--layout", choices=("auto", "aligned-valid", "adience-folds"), default="auto",
+    from pipeline.schema import LAYOUTS
+
+    p.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto",
                    help="auto (default): adience-folds when ROOT holds fold_K_data.txt files (splits fold0 … "
                         "fold4, the 5-fold protocol), else aligned-valid (splits train, valid)")
     p.add_argument("--fold-shards", type=int, default=None,
@@ -164,6 +166,14 @@ def add_train_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the head's initialization, dropout, "
                                                         "shuffling and augmentation (default 0)")
     p.add_argument("--log-dir", default=None, help="TensorBoard logs (default: <output without .keras>_logs)")
+    folds = p.add_mutually_exclusive_group()
+    folds.add_argument("--val-fold", type=int, default=None, metavar="K",
+                       help="records of the official folds (preprocess --layout adience-folds): train on the "
+                            "four other folds, validate on fold K (0-4)")
+    folds.add_argument("--folds", action="store_true",
+                       help="the 5-fold cross-validation: for each K train <output stem>_foldK.keras on the other "
+                            "folds, validating on fold K; a rerun skips finished folds and resumes the "
+                            "interrupted one; then `evaluate --folds -m OUTPUT`")
     p.set_defaults(func=cmd_train)
 
 
@@ -188,6 +198,9 @@ def _train_progress():
             print(f"strategy: {e['strategy']}, {e['replicas']} replica(s) on {e['workers']} worker(s){who}; "
                   f"precision: {e['precision']}{' with loss scaling' if e['loss_scaling'] else ''}")
             about = "" if e["steps_exact"] else "about "
+            if e["train_splits"] != ["train"]:
+                print(f"splits: training on {'+'.join(e['train_splits'])}, validating on "
+                      f"{'+'.join(e['valid_splits'])}")
             print(f"data: {e['train_count']} training / {e['valid_count']} validation images "
                   f"({e['image_size']}x{e['image_size']}); batch {e['per_replica_batch']} per replica = "
                   f"{e['global_batch']} global, {about}{e['steps_per_epoch']} steps per epoch; "
@@ -234,6 +247,58 @@ def _train_progress():
     return on_event
 
 
+def _folds_progress():
+    """train --folds: a header per fold, then the usual training progress."""
+    inner = _train_progress()
+
+    def on_event(e: dict) -> None:
+        kind = e["event"]
+        if kind == "fold_start":
+            print(f"\n== fold {e['fold']}: train on the other folds, validate on {e['valid_split']} -> "
+                  f"{e['output']}", flush=True)
+        elif kind == "fold_skipped":
+            acc = e["final"].get("val_accuracy")
+            about = f", validation accuracy {acc:.2%}" if acc is not None else ""
+            print(f"\n== fold {e['fold']}: already trained ({e['epochs']} epochs{about}); {e['output']} "
+                  f"kept (delete its checkpoint directory {e['checkpoint_dir']} to train it again)", flush=True)
+        elif kind == "fold_end":
+            pass
+        else:
+            inner(e)
+
+    return on_event
+
+
+class _DropFoldRetracing(logging.Filter):
+    """Each fold has its own model, hence new step functions: TensorFlow's "triggered tf.function
+    retracing" warning is expected with --folds and says nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def _train_folds(config) -> int:
+    from model.crossval import train_folds
+
+    quiet = _DropFoldRetracing()
+    logging.getLogger("tensorflow").addFilter(quiet)
+    try:
+        summary = train_folds(config, progress=_folds_progress())
+    finally:
+        logging.getLogger("tensorflow").removeFilter(quiet)
+    print("\n== cross-validation (training)")
+    for row in summary["folds"]:
+        state = "kept" if row["skipped"] else ("resumed" if row["resumed"] else "trained")
+        acc = row.get("val_accuracy")
+        print(f"  fold {row['fold']}: validation on {row['valid_split']}: accuracy "
+              f"{'n/a' if acc is None else format(acc, '.4f')} ({state}) {row['model']}")
+    print(summary["summary"])
+    if "path" in summary:
+        print(f"summary: {summary['path']}; full reports: python cli.py evaluate --folds -m {config.output} "
+              f"-i {config.records}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from model.train import TrainConfig, train
 
@@ -243,7 +308,9 @@ def cmd_train(args) -> int:
         augment=args.augment, cut_layer=args.cut_layer, freeze_through=args.freeze_through,
         dense_units=args.dense_units, dropout=args.dropout, precision=args.precision, strategy=args.strategy,
         checkpoint_dir=args.checkpoint_dir, learning_rate=args.learning_rate, seed=args.seed,
-        checkpoint_every_steps=args.checkpoint_every, log_dir=args.log_dir)
+        checkpoint_every_steps=args.checkpoint_every, log_dir=args.log_dir, val_fold=args.val_fold)
+    if args.folds:
+        return _train_folds(config)
     result = train(config, progress=_train_progress())
     if not result.is_chief:
         print(f"worker done; the chief writes the outputs")
@@ -260,7 +327,12 @@ def add_evaluate_parser(sub) -> None:
                                    "per age group and gender, score histograms).")
     p.add_argument("-m", "--model", required=True, help="trained classifier (.keras written by train)")
     p.add_argument("-i", "--input", required=True, help="records directory written by preprocess")
-    p.add_argument("--split", default="valid", help="valid (default), train, or all")
+    p.add_argument("--split", default=None,
+                   help="valid (default), train, all, or a fold of the official folds layout (fold0 … fold4)")
+    p.add_argument("--folds", action="store_true",
+                   help="the 5-fold cross-validation: -m is the -o given to `train --folds`; fold K's model "
+                        "is evaluated on fold K, one report per fold in REPORT_DIR/foldK/ and the aggregate "
+                        "(mean ± sample std across folds) in REPORT_DIR/cv_report.json")
     p.add_argument("--report-dir", default=None,
                    help="where the report goes (default: <model stem>_report beside the model)")
     p.add_argument("-b", "--batch-size", type=int, default=64, help="batch size per device (default 64)")
@@ -293,11 +365,42 @@ def _progress_bars(unit: str):
     return on_event
 
 
+def _evaluate_folds(args) -> int:
+    from model.crossval import cv_summary_lines, evaluate_folds
+    from model.report import default_report_dir
+
+    if args.split is not None:
+        return _fail("--folds evaluates fold K's model on fold K for every K; drop --split "
+                     "(or drop --folds and give -m one model with --split foldK)")
+    report_dir = args.report_dir or default_report_dir(args.model)
+    bars = _progress_bars("img")
+
+    def progress(event: dict) -> None:
+        if event["event"] == "fold_start":
+            print(f"fold {event['fold']}: {event['model']}", file=sys.stderr, flush=True)
+        else:
+            bars(event)
+
+    quiet = _DropFoldRetracing()
+    logging.getLogger("tensorflow").addFilter(quiet)
+    try:
+        body = evaluate_folds(args.model, args.input, report_dir, batch_size=args.batch_size,
+                              memory=args.memory, strategy=args.strategy, progress=progress)
+    except OSError as err:
+        return _fail(f"cannot write the report to {report_dir} ({err.strerror or err}); pass a writable --report-dir")
+    finally:
+        logging.getLogger("tensorflow").removeFilter(quiet)
+    print("\n".join(cv_summary_lines(body, report_dir)))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from model.evaluate import evaluate
     from model.report import default_report_dir, summary_lines, write_report
 
-    evaluation = evaluate(args.model, args.input, split=args.split, batch_size=args.batch_size,
+    if args.folds:
+        return _evaluate_folds(args)
+    evaluation = evaluate(args.model, args.input, split=args.split or "valid", batch_size=args.batch_size,
                           memory=args.memory, strategy=args.strategy, progress=_progress_bars("img"))
     report_dir = args.report_dir or default_report_dir(args.model)
     try:
@@ -474,6 +577,14 @@ class _DropKnownNoise(logging.Filter):
         return "apitools not found" not in record.getMessage()
 
 
+# What an interrupted command leaves behind, and what to do about it.
+_INTERRUPTED = {
+    "preprocess": "interrupted; the previous output in OUT (if any) is untouched; rerun the command to start over",
+    "train": "interrupted; rerun the same command to resume from the last checkpoint",
+    "evaluate": "interrupted; no report was written; rerun the command",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
@@ -498,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelError) as err:
         return _fail(str(err))
     except KeyboardInterrupt:
-        return _fail("interrupted; work already written is kept (rerun the same command to resume)")
+        return _fail(_INTERRUPTED.get(args.command, "interrupted"))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ from model.defaults import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT
                             DEFAULT_FREEZE_THROUGH, DEFAULT_LEARNING_RATE, PRECISIONS, STRATEGIES)
 from model.distribute import TaskInfo, apply_precision, select_precision, select_strategy, task_info
 from model.errors import ModelError
-from pipeline.schema import MEMORY_MODES
+from pipeline.errors import DataError
+from pipeline.folds import FOLD_SPLITS, N_FOLDS, fold_split
+from pipeline.schema import LAYOUT_FOLDS, MEMORY_MODES
 
 MAX_CHECKPOINTS_KEPT = 3
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images_per_s", "seconds")
@@ -49,7 +51,12 @@ HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "imag
 # optimizer's state layout or the order of the data. (Not epochs: training longer is allowed.)
 FINGERPRINT_KEYS = ("weights_widths", "image_size", "cut_layer", "freeze_through", "dense_units", "dropout",
                     "learning_rate", "loss_scaling", "seed", "augment", "shuffle", "global_batch_size",
-                    "input_pipelines", "train_count")
+                    "input_pipelines", "train_count", "train_splits")
+# Fingerprint keys added later, with the value a checkpoint written before them implies.
+FINGERPRINT_DEFAULTS = {"train_splits": ["train"]}
+# The fingerprint keys that follow from the TrainConfig alone (the rest need the built model).
+CONFIG_FINGERPRINT_KEYS = ("cut_layer", "freeze_through", "dense_units", "dropout", "learning_rate", "seed",
+                           "augment", "shuffle", "train_splits")
 
 Progress = Callable[[dict], None]
 
@@ -78,6 +85,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every_steps: int = DEFAULT_CHECKPOINT_EVERY
     log_dir: str | None = None            # default: <output without .keras>_logs
+    val_fold: int | None = None           # adience-folds records: validate on fold K, train on the others
 
     @property
     def stem(self) -> str:
@@ -141,10 +149,67 @@ def _check_config(config: TrainConfig) -> None:
          f"--checkpoint-every must be at least 1 step, got {config.checkpoint_every_steps}"),
         (config.strategy in STRATEGIES, f"unknown strategy {config.strategy!r}; choose one of {', '.join(STRATEGIES)}"),
         (config.precision in PRECISIONS, f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}"),
+        (config.val_fold is None or 0 <= config.val_fold < N_FOLDS,
+         f"--val-fold must be one of 0 … {N_FOLDS - 1} (the {N_FOLDS} Adience folds), got {config.val_fold}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ModelError(message)
+
+
+def training_splits(records: str, val_fold: int | None) -> tuple[list[str], list[str]]:
+    """(training splits, validation splits) of a records directory: train / valid for the
+    aligned-valid layout; for the adience-folds layout the four other folds / fold K (val_fold).
+    DataError when val_fold and the layout do not go together."""
+    from pipeline.manifest import load_manifest
+
+    layout = load_manifest(records).layout
+    if layout == LAYOUT_FOLDS:
+        if val_fold is None:
+            raise DataError(f"{records} holds the {N_FOLDS} Adience folds ({', '.join(FOLD_SPLITS)}), not a "
+                            f"train/valid split: pass --val-fold K (train on the other folds, validate on "
+                            f"fold K) or --folds (all {N_FOLDS}, the cross-validation)")
+        return [s for s in FOLD_SPLITS if s != fold_split(val_fold)], [fold_split(val_fold)]
+    if val_fold is not None:
+        raise DataError(f"--val-fold and --folds need records of the official Adience folds (preprocess "
+                        f"--layout adience-folds), but {records} holds the {layout} layout (splits train, "
+                        f"valid): drop the option to train on train and validate on valid")
+    return ["train"], ["valid"]
+
+
+def config_fingerprint(config: TrainConfig, train_splits: list[str]) -> dict:
+    """The fingerprint entries that follow from the configuration alone (CONFIG_FINGERPRINT_KEYS)."""
+    return {
+        "cut_layer": config.cut_layer,
+        "freeze_through": config.freeze_through if config.freeze_through else "none",
+        "dense_units": config.dense_units,
+        "dropout": config.dropout,
+        "learning_rate": config.learning_rate,
+        "seed": config.seed,
+        "augment": config.augment,
+        "shuffle": config.shuffle,
+        "train_splits": list(train_splits),
+    }
+
+
+def checkpoint_state(checkpoint_dir: str) -> dict | None:
+    """What the latest checkpoint in checkpoint_dir says, without building a model: {"checkpoint",
+    "epoch" (epochs completed), "step", "fingerprint", "history"}; None when there is none or it
+    cannot be read (`train` then explains)."""
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if not latest:
+        return None
+    try:
+        reader = tf.train.load_checkpoint(latest)
+
+        def value(name):
+            return reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
+
+        return {"checkpoint": latest, "epoch": int(value("epoch")), "step": int(value("step")),
+                "fingerprint": json.loads(value("fingerprint").decode()),
+                "history": json.loads(value("history").decode())}
+    except (tf.errors.OpError, ValueError, KeyError):
+        return None
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -191,13 +256,15 @@ def _strategy_name(strategy: tf.distribute.Strategy) -> str:
     return "default"
 
 
-def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+def train(config: TrainConfig, progress: Progress | None = None,
+          strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Train (or resume training) the classifier; see the module docstring. Emits progress dicts
-    with an "event" key: setup, resume, step, checkpoint, epoch_end, saved."""
+    with an "event" key: setup, resume, step, checkpoint, epoch_end, saved. `strategy`: one already
+    created from config.strategy (several runs in one process share it: see model/crossval.py)."""
     _check_config(config)
     # First, before TensorFlow runs anything: MultiWorkerMirroredStrategy must configure the
     # collective ops at start-up.
-    strategy = select_strategy(config.strategy)
+    strategy = strategy if strategy is not None else select_strategy(config.strategy)
     policy = select_precision(config.precision)
     # Before the model is built: layers take the global policy when they are created.
     previous_policy = apply_precision(policy)
@@ -219,10 +286,11 @@ class _Run:
         self.replicas = int(strategy.num_replicas_in_sync)
         self.local_replicas = max(1, self.replicas // self.info.workers)
         self.global_batch = config.batch_size * self.replicas
-        self.train_info = describe_dataset(config.records, "train")
-        self.valid_info = describe_dataset(config.records, "valid")
+        self.train_splits, self.valid_splits = training_splits(config.records, config.val_fold)
+        self.train_info = describe_dataset(config.records, self.train_splits)
+        self.valid_info = describe_dataset(config.records, self.valid_splits)
         if self.train_info["count"] < self.global_batch:
-            raise ModelError(f"the train split of {config.records} has {self.train_info['count']} examples, fewer "
+            raise ModelError(f"the training split ({'+'.join(self.train_splits)}) of {config.records} has {self.train_info['count']} examples, fewer "
                              f"than one global batch ({config.batch_size} per replica x {self.replicas} replicas "
                              f"= {self.global_batch}); lower -b1")
         self.loss_scaling = policy == "mixed_float16"
@@ -269,19 +337,11 @@ class _Run:
             epoch_sums=self.sums_var, history=self.history_var, fingerprint=self.fingerprint_var)
 
     def _fingerprint(self) -> dict:
-        config = self.config
         return {
             "weights_widths": [list(self.widths.conv), self.widths.fc6, self.widths.fc7, self.widths.fc8],
             "image_size": self.train_info["image_size"],
-            "cut_layer": config.cut_layer,
-            "freeze_through": config.freeze_through if config.freeze_through else "none",
-            "dense_units": config.dense_units,
-            "dropout": config.dropout,
-            "learning_rate": config.learning_rate,
             "loss_scaling": self.loss_scaling,
-            "seed": config.seed,
-            "augment": config.augment,
-            "shuffle": config.shuffle,
+            **config_fingerprint(self.config, self.train_splits),
             "global_batch_size": self.global_batch,
             "input_pipelines": self.info.workers,
             "train_count": self.train_info["count"],
@@ -310,8 +370,8 @@ class _Run:
             raise ModelError(f"{directory} holds a checkpoint that is not from `python cli.py train` or is "
                              f"damaged ({type(err).__name__}); {fix}") from None
         current = self._fingerprint()
-        changed = [f"{key} {stored.get(key)!r} -> {current[key]!r}" for key in FINGERPRINT_KEYS
-                   if stored.get(key) != current[key]]
+        changed = [f"{key} {stored.get(key, FINGERPRINT_DEFAULTS.get(key))!r} -> {current[key]!r}"
+                   for key in FINGERPRINT_KEYS if stored.get(key, FINGERPRINT_DEFAULTS.get(key)) != current[key]]
         if changed:
             raise ModelError(f"{directory} holds a checkpoint of a different training ({'; '.join(changed)}); "
                              f"rerun with the same settings to resume it, or {fix}")
@@ -335,7 +395,7 @@ class _Run:
 
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
             local = max(1, context.num_replicas_in_sync // context.num_input_pipelines)
-            return make_dataset(config.records, "train", config.batch_size, memory=config.memory,
+            return make_dataset(config.records, self.train_splits, config.batch_size, memory=config.memory,
                                 augment=config.augment, shuffle=config.shuffle, seed=config.seed, epoch=epoch,
                                 skip=step * config.batch_size * local, input_context=context,
                                 drop_remainder=True)
@@ -348,7 +408,7 @@ class _Run:
         config = self.config
 
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-            return make_dataset(config.records, "valid", config.valid_batch_size, memory=config.memory,
+            return make_dataset(config.records, self.valid_splits, config.valid_batch_size, memory=config.memory,
                                 input_context=context)
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
@@ -443,6 +503,7 @@ class _Run:
               "per_replica_batch": config.batch_size, "global_batch": self.global_batch,
               "valid_batch": config.valid_batch_size, "train_count": self.train_info["count"],
               "valid_count": self.valid_info["count"], "image_size": self.train_info["image_size"],
+              "train_splits": self.train_splits, "valid_splits": self.valid_splits,
               "steps_per_epoch": steps_estimate, "steps_exact": info.workers == 1, "epochs": config.epochs,
               "memory": config.memory, "augment": config.augment,
               "memory_bytes": (self.train_info["bytes_in_memory"] + self.valid_info["bytes_in_memory"]
@@ -582,4 +643,5 @@ class _Run:
 
 
 __all__ = ["TrainConfig", "TrainResult", "train", "output_paths", "weights_digest", "HISTORY_FIELDS",
+           "training_splits", "checkpoint_state", "config_fingerprint",
            "DEFAULT_LEARNING_RATE", "DEFAULT_CHECKPOINT_EVERY"]
