@@ -116,7 +116,7 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
     for folder in s.skipped_folders:
         print(f"  skipped folder {folder}: its name is not <age>_<F|M> (its files are listed as rejects)")
     if s.unlisted:
-        print(f"  unlisted: {len(s.unlisted)} image files under aligned/ that no fold row names (not part of "
+        print(f"  unlisted: {len(s.unlisted)} file(s) under aligned/ that no fold row names (not part of "
               f"the protocol, not written; listed in manifest.json under unlisted_files)")
     if s.replaced:
         print(f"  replaced {len(s.replaced)} files of the previous output")

@@ -29,11 +29,6 @@ def fold_split(k: int) -> str:
 FOLD_SPLITS = tuple(fold_split(k) for k in range(N_FOLDS))
 
 
-def fold_index(split: str) -> int | None:
-    """k of a split named fold<k> (0 <= k < N_FOLDS), else None."""
-    return FOLD_SPLITS.index(split) if split in FOLD_SPLITS else None
-
-
 def parse_age(text: str) -> int | None:
     """An age as the records store it: a number stays; a range "(25, 32)" becomes its midpoint
     (rounded down), which `age_group_of` maps back to the range's group; "None" -> AGE_UNKNOWN;

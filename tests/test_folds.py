@@ -211,6 +211,21 @@ def test_byte_identical_output_with_two_worker_processes(folds_root, folds_recor
     assert output_bytes(str(tmp_path / "again")) == output_bytes(folds_records[0])
 
 
+def test_preprocess_command_auto_detects_the_folds_and_says_what_it_did(folds_root, tmp_path, capsys):
+    root, expected = folds_root
+    assert cli.main(["preprocess", "-i", root, "-o", str(tmp_path / "out"), "--image-size", "32",
+                     "--fold-shards", "1", *IN_MEMORY]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {expected.good} records from {expected.found} fold-file rows" in out
+    assert "layout adience-folds: five subject-exclusive folds (10 user_ids, none in two folds)" in out
+    for split in FOLD_SPLITS:
+        counts = expected.by_label[split]
+        assert (f"{split}: {expected.count(split)} images ({counts['female']} female, {counts['male']} male, "
+                f"2 user_ids) in 1 shards") in out
+    assert f"rejected: {len(expected.rejects)} (" in out and "1 missing image" in out
+    assert "unlisted: 1 file(s) under aligned/ that no fold row names" in out
+
+
 def test_a_user_in_two_folds_is_one_clear_error(tmp_path):
     root = tmp_path / "root"
     summary = make_adience_folds(str(root), n_users=5, faces_per_user=1, image_size=32, bad_rows=False)
