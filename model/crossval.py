@@ -13,7 +13,6 @@ whose checkpoint is complete for the same settings, and resumes the interrupted 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Callable, Sequence
 
@@ -189,11 +188,10 @@ def train_folds(config, progress: Progress | None = None, folds: Sequence[int] |
     }
     summary["summary"] = headline(summary["val_accuracy"], len(rows)).replace("accuracy", "validation accuracy", 1)
     if info.is_chief:
+        from model.report import write_json_atomically
+
         path = folds_summary_path(config.output)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-            f.write("\n")
-        os.replace(path + ".tmp", path)
+        write_json_atomically(path, summary)
         summary["path"] = path
     return summary
 
@@ -205,7 +203,7 @@ def evaluate_folds(model_path: str, records_dir: str, report_dir: str, batch_siz
     a full report per fold in REPORT_DIR/fold<K>/ and the aggregate REPORT_DIR/cv_report.json
     with its plots. Returns the cv_report body."""
     from model.evaluate import evaluate
-    from model.report import REPORT_NAME, write_report
+    from model.report import REPORT_NAME, write_json_atomically, write_report
     from pipeline.manifest import load_manifest
     from pipeline.reader import clear_memory_cache
 
@@ -242,11 +240,7 @@ def evaluate_folds(model_path: str, records_dir: str, report_dir: str, batch_siz
     body["summary"] = headline(body["accuracy"], N_FOLDS)
     plots = write_cv_plots(body, report_dir)
     body["files"] = {"fold_reports": [f["report"] for f in folds], "plots": plots}
-    path = os.path.join(report_dir, CV_REPORT_NAME)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(body, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    write_json_atomically(os.path.join(report_dir, CV_REPORT_NAME), body)
     return body
 
 

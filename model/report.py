@@ -54,13 +54,16 @@ def write_report(evaluation: Evaluation, report_dir: str) -> dict:
         plots[split] = write_plots(predictions, evaluation.metrics[split], report_dir)
     write_predictions_csv(os.path.join(report_dir, PREDICTIONS_NAME), evaluation.predictions.values())
     report["files"] = {"predictions": PREDICTIONS_NAME, "plots": plots}
-    path = os.path.join(report_dir, REPORT_NAME)
-    # Write then rename: a reader never sees half a report.
+    write_json_atomically(os.path.join(report_dir, REPORT_NAME), report)
+    return report
+
+
+def write_json_atomically(path: str, body: dict) -> None:
+    """Write then rename: a reader never sees half a report."""
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+        json.dump(body, f, indent=2)
         f.write("\n")
     os.replace(path + ".tmp", path)
-    return report
 
 
 def write_predictions_csv(path: str, predictions: Iterable[SplitPredictions]) -> int:

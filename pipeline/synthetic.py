@@ -40,8 +40,22 @@ BAD_FOLDER = "unknown"
 EXIF_ORIENTATION = 0x0112
 
 
+class _ExpectedCounts:
+    """Counts both generators' summaries answer (they hold by_label and images)."""
+
+    by_label: dict[str, dict[str, int]]
+    images: dict[str, str]
+
+    def count(self, split: str) -> int:
+        return sum(self.by_label.get(split, {}).values())
+
+    @property
+    def good(self) -> int:
+        return len(self.images)
+
+
 @dataclass
-class SyntheticSummary:
+class SyntheticSummary(_ExpectedCounts):
     """What make_adience_tree wrote: the expected content of the preprocessed output."""
 
     root: str
@@ -52,13 +66,6 @@ class SyntheticSummary:
     rejects: dict[str, str]                   # relpath -> bad kind (see BAD_KINDS)
     skipped_folders: list[str] = field(default_factory=list)   # relpaths of badly named folders
     red_image: str | None = None              # relpath of a pure red (255, 0, 0) PNG, label female
-
-    def count(self, split: str) -> int:
-        return sum(self.by_label.get(split, {}).values())
-
-    @property
-    def good(self) -> int:
-        return len(self.images)
 
     @property
     def found(self) -> int:
@@ -258,7 +265,7 @@ BAD_ROW_KINDS = ("gender_u", "empty_gender", "missing_image", "malformed", "bad_
 
 
 @dataclass
-class FoldsSummary:
+class FoldsSummary(_ExpectedCounts):
     """What make_adience_folds wrote: the expected content of the preprocessed output."""
 
     root: str
@@ -271,13 +278,6 @@ class FoldsSummary:
     users: dict[str, int]                     # user_id -> its fold
     rejects: dict[str, str]                   # relpath (or "fold_k_data.txt:line") -> BAD_ROW_KINDS kind
     unlisted: list[str] = field(default_factory=list)   # image files no fold row names
-
-    def count(self, split: str) -> int:
-        return sum(self.by_label.get(split, {}).values())
-
-    @property
-    def good(self) -> int:
-        return len(self.images)
 
     @property
     def found(self) -> int:

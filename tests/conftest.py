@@ -74,3 +74,17 @@ def trained_model(records_dir, slim_t7, tmp_path_factory) -> tuple[str, str]:
     train(TrainConfig(weights=slim_t7, records=records_dir, output=str(out), epochs=2, batch_size=16,
                       augment=False, freeze_through="none", strategy="default", precision="float32"))
     return str(out), records_dir
+
+
+@pytest.fixture(scope="session")
+def classifier_path(trained_model) -> str:
+    """The slim classifier trained on the generated records."""
+    return trained_model[0]
+
+
+@pytest.fixture(scope="session")
+def model(classifier_path):
+    """That classifier, loaded (safe mode, checked to be a classifier)."""
+    from model.classifier import load_classifier
+
+    return load_classifier(classifier_path)

@@ -17,19 +17,6 @@ from tests.conftest import CLI
 FAMILIAR = re.compile(r"\A\*\*\*\*\noutput class is (female|male)\. \(sigmoid value=([-+0-9.e]+)\)\n\*\*\*\*\n\Z")
 
 
-@pytest.fixture(scope="module")
-def classifier_path(trained_model) -> str:
-    """The slim classifier trained on the generated records (conftest)."""
-    return trained_model[0]
-
-
-@pytest.fixture(scope="module")
-def model(classifier_path):
-    from model.classifier import load_classifier
-
-    return load_classifier(classifier_path)
-
-
 GOOD = {  # relpath -> (label drawn, kind written by pipeline.synthetic)
     "a_female.jpg": (0, "jpeg"),
     "b_male.png": (1, "png"),

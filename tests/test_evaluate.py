@@ -40,19 +40,6 @@ def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def classifier_path(trained_model) -> str:
-    """The slim classifier trained on the generated records (conftest)."""
-    return trained_model[0]
-
-
-@pytest.fixture(scope="module")
-def model(classifier_path):
-    from model.classifier import load_classifier
-
-    return load_classifier(classifier_path)
-
-
-@pytest.fixture(scope="module")
 def report_dir(classifier_path, records_dir, tmp_path_factory) -> str:
     """`cli.py evaluate --split all` run in process (batch 16, low memory)."""
     import cli
