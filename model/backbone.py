@@ -14,6 +14,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from model.distribute import precision
 from model.errors import ModelError
 from model.t7 import load_t7_keras_weights, read_vggface_t7
 # Importing model.vggface also registers MeanSubtract, which safe-mode loading needs.
@@ -132,12 +133,8 @@ def convert_t7_to_keras(weights_path: str, output_path: str,
     widths, weights = _load_weights(weights_path)
     report({"stage": "build", "widths": widths})
     # The file on disk is always float32, whatever global policy a caller has set.
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
+    with precision("float32"):
         model = build_vggface(widths)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     for name in WEIGHTED_NAMES:
         model.get_layer(name).set_weights(weights[name])
     del weights

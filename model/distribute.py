@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import keras
 import tensorflow as tf
 
-from model.errors import ModelError
-
 from model.defaults import PRECISIONS, STRATEGIES
+from model.errors import ModelError
 
 
 def cluster_from_env() -> dict:
@@ -129,3 +130,13 @@ def apply_precision(policy: str) -> str:
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
     return previous
+
+
+@contextmanager
+def precision(policy: str) -> Iterator[None]:
+    """The Keras global dtype policy set to `policy` inside the block, restored after it."""
+    previous = apply_precision(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

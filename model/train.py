@@ -39,7 +39,7 @@ import tensorflow as tf
 from model.classifier import as_float32, build_classifier
 from model.defaults import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT,
                             DEFAULT_FREEZE_THROUGH, DEFAULT_LEARNING_RATE, PRECISIONS, STRATEGIES)
-from model.distribute import TaskInfo, apply_precision, select_precision, select_strategy, task_info
+from model.distribute import TaskInfo, precision, select_precision, select_strategy, task_info
 from model.errors import ModelError
 from pipeline.errors import DataError
 from pipeline.folds import FOLD_SPLITS, N_FOLDS, fold_split
@@ -267,11 +267,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
     strategy = strategy if strategy is not None else select_strategy(config.strategy)
     policy = select_precision(config.precision)
     # Before the model is built: layers take the global policy when they are created.
-    previous_policy = apply_precision(policy)
-    try:
+    with precision(policy):
         return _Run(config, strategy, policy, progress or (lambda event: None)).run()
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
 
 
 class _Run:
@@ -620,11 +617,8 @@ class _Run:
         output, savedmodel = self.paths["output"], self.paths["savedmodel"]
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         # Saved and exported in float32 outside the strategy: loads and serves anywhere.
-        previous = apply_precision("float32")
-        try:
+        with precision("float32"):
             final = as_float32(self.model)
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
         # Written under temporary names, then renamed: a crash never leaves half a model.
         partial = f"{output[: -len('.keras')]}.partial.keras"
         final.save(partial)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from model.backbone import convert_t7_to_keras, load_backbone, read_vggface_widths
+from model.distribute import precision
 from model.errors import ModelError
 from model.t7_writer import (T7Object, conv_module, random_vggface_weights, sequential,
                              vggface_modules, write_t7)
@@ -167,12 +168,8 @@ def test_convert_writes_a_safe_mode_keras_with_the_same_outputs(cli_runs, slim_t
 
 def test_load_backbone_builds_under_the_current_policy(cli_runs):
     _, out = cli_runs["good"]
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with precision("mixed_bfloat16"):
         model = load_backbone(out)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     assert model.get_layer("conv3_1").compute_dtype == "bfloat16"
     assert model.get_layer("conv3_1").kernel.dtype == "float32"  # variables stay float32
     assert model.get_layer("prob").compute_dtype == "float32"

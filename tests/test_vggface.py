@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from model.distribute import precision
 from model.vggface import (CONV_NAMES, FULL_WIDTHS, LAYER_NAMES, SLIM_WIDTHS, VGG_MEAN_BGR,
                            MeanSubtract, VGGWidths, build_vggface, widths_of)
 
@@ -68,12 +69,8 @@ def test_the_model_itself_subtracts_the_mean_first(slim_model):
 
 
 def test_mixed_precision_keeps_preprocess_and_prob_float32():
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with precision("mixed_bfloat16"):
         model = build_vggface(SLIM_WIDTHS)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     assert model.get_layer("preprocess").compute_dtype == "float32"
     assert model.get_layer("conv1_1").compute_dtype == "bfloat16"
     assert model.get_layer("prob").compute_dtype == "float32"
