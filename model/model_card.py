@@ -14,7 +14,7 @@ Z_95 = 1.959964  # two-sided 95 % normal quantile
 
 INTENDED_USE = (
     "Research and teaching: reproducing transfer learning from VGG-Face on the Adience benchmark, "
-    "and studying where such a classifier fails (the per-age-group and per-gender numbers below).",
+    "and studying where such a classifier fails (the per-gender and per-age-group numbers above).",
     "Not for decisions about real people (access, hiring, policing, advertising, moderation), not for "
     "inferring anybody's gender identity, and not for surveillance.",
 )
@@ -69,7 +69,10 @@ def _split_section(split: str, m: dict) -> list[str]:
         label = "unknown age" if group == AGE_UNKNOWN_GROUP else group
         lines.append(f"| {label} | {entry['n']} | {_accuracy_cell(entry)} | {by_gender} |")
     worst = m.get("worst_age_group")
-    if worst is not None:
+    filled = {e["accuracy"] for g, e in m["by_age"].items() if e["n"] and g != AGE_UNKNOWN_GROUP}
+    if worst is not None and len(filled) == 1:
+        lines += ["", f"Every age group with faces at accuracy {worst['accuracy']:.3f}."]
+    elif worst is not None:
         lines += ["", f"Worst age group: **{worst['group']}**, accuracy {worst['accuracy']:.3f} (n = {worst['n']})."]
     return lines + [""]
 
