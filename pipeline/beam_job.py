@@ -226,7 +226,7 @@ class _QuietWorkersRunner(FnApiRunner):
     the pipeline's subprocess environment, which is how Beam tells a runner how to start workers."""
 
     def run_via_runner_api(self, pipeline_proto, options):
-        command = f"{shlex.quote(sys.executable)} -m pipeline.beam_worker".encode()
+        command = f"{shlex.quote(sys.executable)} -m pipeline.beam_worker --launcher-pid {os.getpid()}".encode()
         for environment in pipeline_proto.components.environments.values():
             if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload.endswith(b"sdk_worker_main"):
                 environment.payload = command

@@ -8,22 +8,66 @@ worker's start-up records ("Logging handler created.") before the worker has rea
 --default_sdk_harness_log_level. Giving the root logger its handler first avoids that: the
 worker's records then reach the launcher through Beam's own Fn API logging service (the launcher
 shows them with -v), and only errors are also written to the worker's stderr.
+
+Two more things a worker of a command-line tool must do: stop quietly on Ctrl-C (the launcher
+reports it), and stop when its launcher is gone (killed, or stopped by `timeout`), instead of
+waiting forever for work as an orphan.
 """
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 
-# Ctrl-C reaches every process of the terminal's group: the launcher reports it (exit status 130
-# and what to do); a worker just stops, without a KeyboardInterrupt traceback of its own.
-signal.signal(signal.SIGINT, signal.SIG_DFL)
+LAUNCHER_CHECK_SECONDS = 1.0
 
-_stderr = logging.StreamHandler(sys.stderr)
-_stderr.setLevel(logging.ERROR)
-logging.getLogger().addHandler(_stderr)
 
-from apache_beam.runners.worker import sdk_worker_main  # noqa: E402 - after the handler, see above
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True   # no /proc (not Linux): os.kill's answer stands
+
+
+def exit_when_gone(pid: int) -> None:
+    """End this process as soon as process `pid` is gone (checked every second, in a daemon thread)."""
+    def watch() -> None:
+        while process_alive(pid):
+            time.sleep(LAUNCHER_CHECK_SECONDS)
+        os._exit(1)   # the launcher that would collect this worker's results is gone
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
+def main() -> None:
+    # Ctrl-C reaches every process of the terminal's group: the launcher reports it (exit status
+    # 130 and what to do); a worker just stops, without a KeyboardInterrupt traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    logging.getLogger().addHandler(errors)
+    # Only now, with the root logger's handler in place (see above).
+    from apache_beam.runners.worker import sdk_worker_main
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.beam_worker")
+    parser.add_argument("--launcher-pid", type=int, default=None, help="stop when this process is gone")
+    launcher = parser.parse_args().launcher_pid
+    if launcher is not None:
+        exit_when_gone(launcher)
+    sdk_worker_main.main(sys.argv)
+
 
 if __name__ == "__main__":
-    sdk_worker_main.main(sys.argv)
+    main()

@@ -131,3 +131,56 @@ def test_messages_name_the_program_as_invoked(monkeypatch, capsys, tmp_path, arg
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     assert capsys.readouterr().out.startswith(f"usage: {expected} train ")
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group `pgid` (from /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_workers_stop_when_the_launcher_is_killed(tmp_path):
+    """`timeout` or a job scheduler signals the launcher alone: its Beam workers must not linger."""
+    from pipeline.synthetic import make_adience_tree
+
+    root = str(tmp_path / "tree")
+    make_adience_tree(root, n_train=400, n_valid=40, image_size=256, seed=2)
+    out = tmp_path / "records"
+    proc = subprocess.Popen([*CLI, "preprocess", "-i", root, "-o", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(_group_members(proc.pid)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)          # until the worker processes run
+    assert proc.poll() is None and len(_group_members(proc.pid)) >= 3
+    proc.terminate()
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 20
+    while _group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _group_members(proc.pid)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+
+
+def test_process_alive():
+    from pipeline.beam_worker import process_alive
+
+    assert process_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while process_alive(child.pid) and time.monotonic() < deadline:   # exits, then a zombie until reaped
+        time.sleep(0.05)
+    assert not process_alive(child.pid)
+    child.wait()
+    assert not process_alive(child.pid)
