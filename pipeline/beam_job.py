@@ -226,7 +226,11 @@ class _QuietWorkersRunner(FnApiRunner):
     the pipeline's subprocess environment, which is how Beam tells a runner how to start workers."""
 
     def run_via_runner_api(self, pipeline_proto, options):
-        command = f"{shlex.quote(sys.executable)} -m pipeline.beam_worker --launcher-pid {os.getpid()}".encode()
+        # Beam runs the command with a POSIX shell. `trap '' INT`: the worker starts with Ctrl-C
+        # ignored (even during its own imports), so it never prints a KeyboardInterrupt traceback;
+        # the launcher reports the interruption and the worker ends when the launcher is gone.
+        command = (f"trap '' INT; exec {shlex.quote(sys.executable)} -m pipeline.beam_worker "
+                   f"--launcher-pid {os.getpid()}").encode()
         for environment in pipeline_proto.components.environments.values():
             if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload.endswith(b"sdk_worker_main"):
                 environment.payload = command

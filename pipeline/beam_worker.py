@@ -9,16 +9,17 @@ worker's start-up records ("Logging handler created.") before the worker has rea
 worker's records then reach the launcher through Beam's own Fn API logging service (the launcher
 shows them with -v), and only errors are also written to the worker's stderr.
 
-Two more things a worker of a command-line tool must do: stop quietly on Ctrl-C (the launcher
-reports it), and stop when its launcher is gone (killed, or stopped by `timeout`), instead of
-waiting forever for work as an orphan.
+A worker of a command-line tool must also end with its launcher: Ctrl-C reaches every process of
+the terminal's group, and the launcher reports it (exit status 130 and what to do), so the
+runner starts workers with SIGINT ignored (see pipeline.beam_job) and each worker ends as soon as
+its launcher is gone — interrupted, killed, or stopped by `timeout` — instead of waiting forever
+for work as an orphan.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -52,9 +53,6 @@ def exit_when_gone(pid: int) -> None:
 
 
 def main() -> None:
-    # Ctrl-C reaches every process of the terminal's group: the launcher reports it (exit status
-    # 130 and what to do); a worker just stops, without a KeyboardInterrupt traceback of its own.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
     errors = logging.StreamHandler(sys.stderr)
     errors.setLevel(logging.ERROR)
     logging.getLogger().addHandler(errors)

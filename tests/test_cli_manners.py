@@ -91,14 +91,15 @@ def test_ctrl_c_exits_130_with_the_hint(tmp_path):
     from pipeline.synthetic import make_adience_tree
 
     root = str(tmp_path / "tree")
-    make_adience_tree(root, n_train=400, n_valid=40, image_size=256, seed=2)
+    make_adience_tree(root, n_train=900, n_valid=100, image_size=256, seed=2)
     out = tmp_path / "records"
     # Its own process group, signalled as a whole: what Ctrl-C in a terminal does.
     proc = subprocess.Popen([*CLI, "preprocess", "-i", root, "-o", str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not glob.glob(str(out / ".tmp-*" / "*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)          # until the job has started writing its work files
+    while not glob.glob(str(out / ".tmp-*" / "progress" / "*")) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)          # until the workers report their first images (about 5 s of work left)
     assert proc.poll() is None, "preprocess finished before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
