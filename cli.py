@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
+import threading
+from typing import Iterator
 
 EXIT_BAD_INPUT = 2
 
@@ -657,6 +661,39 @@ _INTERRUPTED = {
 }
 
 
+class _Interruption:
+    """Ctrl-C while a command runs: SIGINT raises KeyboardInterrupt as usual and is remembered, so
+    that what it sets off in other threads is not reported as a second error — Beam's launcher
+    threads that watch the worker processes fail when Ctrl-C stops those workers."""
+
+    GRACE_SECONDS = 0.5   # how long a failing thread waits for the main thread to see the signal
+
+    def __init__(self) -> None:
+        self.seen = threading.Event()
+
+    def on_sigint(self, signum, frame) -> None:
+        self.seen.set()
+        raise KeyboardInterrupt
+
+    def thread_failed(self, args) -> None:
+        if not self.seen.wait(self.GRACE_SECONDS):
+            threading.__excepthook__(args)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield   # signal handlers can only be set from the main thread
+            return
+        saved = signal.signal(signal.SIGINT, self.on_sigint), threading.excepthook
+        threading.excepthook = self.thread_failed
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, saved[0])
+            if not self.seen.is_set():   # after Ctrl-C such threads may fail until the process exits
+                threading.excepthook = saved[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     global _prog
     _prog = invoked_as(sys.argv[0])
@@ -670,15 +707,16 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import DataError
 
     try:
-        if args.command == "preprocess":
-            # The Beam job never needs TensorFlow, and its launcher starts quickly without it.
-            if args.verbose and not any(a.startswith("--default_sdk_harness_log_level") for a in extra):
-                extra.append("--default_sdk_harness_log_level=INFO")
-            return args.func(args, extra)
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        _import_tensorflow_quietly(args.verbose)
-        return args.func(args)
+        with _Interruption().watching():
+            if args.command == "preprocess":
+                # The Beam job never needs TensorFlow, and its launcher starts quickly without it.
+                if args.verbose and not any(a.startswith("--default_sdk_harness_log_level") for a in extra):
+                    extra.append("--default_sdk_harness_log_level=INFO")
+                return args.func(args, extra)
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            _import_tensorflow_quietly(args.verbose)
+            return args.func(args)
     except (DataError, ModelError) as err:
         return _fail(str(err))
     except KeyboardInterrupt:

@@ -227,8 +227,7 @@ class _QuietWorkersRunner(FnApiRunner):
 
     def run_via_runner_api(self, pipeline_proto, options):
         # Beam runs the command with a POSIX shell. `trap '' INT`: the worker starts with Ctrl-C
-        # ignored (even during its own imports), so it never prints a KeyboardInterrupt traceback;
-        # the launcher reports the interruption and the worker ends when the launcher is gone.
+        # ignored, so Python's start-up cannot print a KeyboardInterrupt traceback (see beam_worker).
         command = (f"trap '' INT; exec {shlex.quote(sys.executable)} -m pipeline.beam_worker "
                    f"--launcher-pid {os.getpid()}").encode()
         for environment in pipeline_proto.components.environments.values():

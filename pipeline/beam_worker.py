@@ -10,16 +10,16 @@ worker's records then reach the launcher through Beam's own Fn API logging servi
 shows them with -v), and only errors are also written to the worker's stderr.
 
 A worker of a command-line tool must also end with its launcher: Ctrl-C reaches every process of
-the terminal's group, and the launcher reports it (exit status 130 and what to do), so the
-runner starts workers with SIGINT ignored (see pipeline.beam_job) and each worker ends as soon as
-its launcher is gone — interrupted, killed, or stopped by `timeout` — instead of waiting forever
-for work as an orphan.
+the terminal's group and the launcher reports it (exit status 130 and what to do), so a worker
+just ends, without a traceback of its own; and a worker whose launcher is gone — killed alone, or
+stopped by `timeout` — ends too instead of waiting forever for work as an orphan.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -53,17 +53,20 @@ def exit_when_gone(pid: int) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.beam_worker")
+    parser.add_argument("--launcher-pid", type=int, default=None, help="stop when this process is gone")
+    launcher = parser.parse_args().launcher_pid
+    if launcher is not None:
+        exit_when_gone(launcher)
+    # Started with SIGINT ignored (no traceback if Ctrl-C lands during start-up); from here on it
+    # simply ends the worker, before it can log the launcher's closed connections as errors.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     errors = logging.StreamHandler(sys.stderr)
     errors.setLevel(logging.ERROR)
     logging.getLogger().addHandler(errors)
     # Only now, with the root logger's handler in place (see above).
     from apache_beam.runners.worker import sdk_worker_main
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.beam_worker")
-    parser.add_argument("--launcher-pid", type=int, default=None, help="stop when this process is gone")
-    launcher = parser.parse_args().launcher_pid
-    if launcher is not None:
-        exit_when_gone(launcher)
     sdk_worker_main.main(sys.argv)
 
 
