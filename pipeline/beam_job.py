@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -226,10 +227,14 @@ class _QuietWorkersRunner(FnApiRunner):
     the pipeline's subprocess environment, which is how Beam tells a runner how to start workers."""
 
     def run_via_runner_api(self, pipeline_proto, options):
-        # Beam runs the command with a POSIX shell. `trap '' INT`: the worker starts with Ctrl-C
-        # ignored, so Python's start-up cannot print a KeyboardInterrupt traceback (see beam_worker).
-        command = (f"trap '' INT; exec {shlex.quote(sys.executable)} -m pipeline.beam_worker "
-                   f"--launcher-pid {os.getpid()}").encode()
+        worker = [sys.executable, "-m", "pipeline.beam_worker", "--launcher-pid", str(os.getpid())]
+        # Beam runs the command with the shell. On POSIX, `trap '' INT`: the worker starts with
+        # Ctrl-C ignored, so Python's start-up cannot print a KeyboardInterrupt traceback (see
+        # beam_worker, which then lets SIGINT end it).
+        if os.name == "posix":
+            command = f"trap '' INT; exec {shlex.join(worker)}".encode()
+        else:
+            command = subprocess.list2cmdline(worker).encode()
         for environment in pipeline_proto.components.environments.values():
             if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload.endswith(b"sdk_worker_main"):
                 environment.payload = command
