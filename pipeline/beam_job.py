@@ -22,6 +22,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -228,13 +229,9 @@ class _QuietWorkersRunner(FnApiRunner):
 
     def run_via_runner_api(self, pipeline_proto, options):
         worker = [sys.executable, "-m", "pipeline.beam_worker", "--launcher-pid", str(os.getpid())]
-        # Beam runs the command with the shell. On POSIX, `trap '' INT`: the worker starts with
-        # Ctrl-C ignored, so Python's start-up cannot print a KeyboardInterrupt traceback (see
-        # beam_worker, which then lets SIGINT end it).
-        if os.name == "posix":
-            command = f"trap '' INT; exec {shlex.join(worker)}".encode()
-        else:
-            command = subprocess.list2cmdline(worker).encode()
+        # Beam runs the command with the shell; `exec` keeps the launcher thread's signal mask
+        # (SIGINT blocked, see _run_pipeline) for the worker, where dash would reset it.
+        command = (f"exec {shlex.join(worker)}" if os.name == "posix" else subprocess.list2cmdline(worker)).encode()
         for environment in pipeline_proto.components.environments.values():
             if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload.endswith(b"sdk_worker_main"):
                 environment.payload = command
@@ -418,6 +415,11 @@ def _run_pipeline(plan, root, tmp, image_size, options, local, total, start, pro
     outcome: dict = {}
 
     def run():
+        if hasattr(signal, "pthread_sigmask"):
+            # The worker processes this thread starts inherit its signal mask: SIGINT blocked, so a
+            # Ctrl-C during a worker's start-up waits until the worker lets it end it, silently
+            # (pipeline.beam_worker). Signals still reach the launcher's main thread.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             with _workers_can_import_us():
                 result = pipeline.run()

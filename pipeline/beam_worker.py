@@ -58,9 +58,12 @@ def main() -> None:
     launcher = parser.parse_args().launcher_pid
     if launcher is not None:
         exit_when_gone(launcher)
-    # Started with SIGINT ignored (no traceback if Ctrl-C lands during start-up); from here on it
-    # simply ends the worker, before it can log the launcher's closed connections as errors.
+    # The worker starts with SIGINT blocked (see pipeline.beam_job): a Ctrl-C during start-up is
+    # pending, not a KeyboardInterrupt traceback. From here on SIGINT (a pending one at once) ends
+    # the worker, before it could log its launcher's closed connections as errors.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     errors = logging.StreamHandler(sys.stderr)
     errors.setLevel(logging.ERROR)
     logging.getLogger().addHandler(errors)
