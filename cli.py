@@ -126,7 +126,8 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
 # ---------------------------------------------------------------- train
 def add_train_parser(sub) -> None:
     from model.defaults import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT,
-                                DEFAULT_FREEZE_THROUGH, DEFAULT_LEARNING_RATE, PRECISIONS, STRATEGIES)
+                                DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_LEARNING_RATE, DEFAULT_STATS_IMAGES,
+                                HEADS, PRECISIONS, STRATEGIES)
 
     p = sub.add_parser(
         "train", help="train the gender classifier on preprocessed records",
@@ -150,6 +151,13 @@ def add_train_parser(sub) -> None:
                    help=f"VGG-Face layer the head sits on (default {DEFAULT_CUT_LAYER})")
     p.add_argument("--freeze-through", default=DEFAULT_FREEZE_THROUGH,
                    help=f"layers up to this one are not trained (default {DEFAULT_FREEZE_THROUGH}; 'none')")
+    p.add_argument("--head", choices=HEADS, default=DEFAULT_HEAD,
+                   help="standardized (default): the cut layer's features standardized per channel with "
+                        "training-image statistics saved in the model, then Dropout, Flatten, Dense(relu), "
+                        "Dense(sigmoid) — trains on VGG-Face's real feature scale; original: the seed's head "
+                        "(Dropout, Flatten, linear Dense, Dense(sigmoid)) on the raw features")
+    p.add_argument("--stats-images", type=int, default=DEFAULT_STATS_IMAGES,
+                   help=f"training images the standardization statistics come from (default {DEFAULT_STATS_IMAGES})")
     p.add_argument("--dense-units", type=int, default=DEFAULT_DENSE_UNITS,
                    help=f"units of the head's hidden layer (default {DEFAULT_DENSE_UNITS})")
     p.add_argument("--dropout", type=float, default=DEFAULT_DROPOUT, help=f"head dropout (default {DEFAULT_DROPOUT})")
@@ -211,6 +219,11 @@ def _train_progress():
                 print("memory: low: streaming the records from disk")
             print(f"model: {e['trainable_params']:,} trainable, {e['frozen_params']:,} frozen parameters; "
                   f"Adam, learning rate {e['learning_rate']:g}; {e['epochs']} epoch(s)")
+            print(_features_line(e))
+            if e["head"] == "original" and e["feature_rms"] > ORIGINAL_HEAD_RMS_LIMIT:
+                print(f"warning: the original head trains on the raw {e['cut_layer']} features, and on features "
+                      f"this large (RMS {e['feature_rms']:.3g}) its losses are huge and its training unstable; "
+                      f"the default --head standardized trains on any scale", flush=True)
             print(f"checkpoints: {e['checkpoint_dir']}", flush=True)
         elif kind == "resume":
             if e["finished"]:
@@ -239,12 +252,35 @@ def _train_progress():
             print(f"epoch {e['epoch']}: loss {e['loss']:.4f}, accuracy {e['accuracy']:.2%} | validation "
                   f"({e['val_count']} images): loss {e['val_loss']:.4f}, accuracy {e['val_accuracy']:.2%} | "
                   f"{e['images_per_s']:,.0f} img/s, {e['seconds']:.1f} s", flush=True)
+        elif kind == "collapse":
+            close_bar()
+            advice = ("retrain with the default --head standardized" if e["head"] == "original"
+                      else "lower --learning-rate, or check the data with `python cli.py evaluate`")
+            print(f"warning: epoch {e['epoch']}: {e['reason']}: the model answers one class for everyone "
+                  f"(collapsed); {advice}", flush=True)
         elif kind == "saved":
             close_bar()
             print(f"model: {e['output']}\nTF Serving export: {e['savedmodel']}\nhistory: {e['history_csv']}\n"
                   f"TensorBoard logs: {e['log_dir']}\ncheckpoints: {e['checkpoint_dir']}", flush=True)
 
     return on_event
+
+
+# Above this feature RMS the original head's first losses run into the tens and hundreds and its
+# training turns unstable (measured, see model/defaults.py: epoch-1 loss 0.6-2.2 at RMS 0.1-0.3,
+# 7-14 at RMS 1, 30-430 at RMS 3-30).
+ORIGINAL_HEAD_RMS_LIMIT = 1.0
+
+
+def _features_line(e: dict) -> str:
+    """The set-up line saying how large the cut layer's features are, and what the head does with them."""
+    if e["stats_images"] is None:
+        source = "from the checkpoint's statistics"
+    else:
+        source = f"max {e['feature_max']:.3g}, over {e['stats_images']} training images"
+    what = ("standardized per channel inside the model" if e["head"] == "standardized"
+            else "fed raw to the original head")
+    return f"features: {e['cut_layer']} RMS {e['feature_rms']:.3g} ({source}); {what}"
 
 
 def _folds_progress():
@@ -308,7 +344,8 @@ def cmd_train(args) -> int:
         augment=args.augment, cut_layer=args.cut_layer, freeze_through=args.freeze_through,
         dense_units=args.dense_units, dropout=args.dropout, precision=args.precision, strategy=args.strategy,
         checkpoint_dir=args.checkpoint_dir, learning_rate=args.learning_rate, seed=args.seed,
-        checkpoint_every_steps=args.checkpoint_every, log_dir=args.log_dir, val_fold=args.val_fold)
+        checkpoint_every_steps=args.checkpoint_every, log_dir=args.log_dir, val_fold=args.val_fold,
+        head=args.head, stats_images=args.stats_images)
     if args.folds:
         return _train_folds(config)
     result = train(config, progress=_train_progress())

@@ -124,7 +124,10 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> d
     predicted = predicted_labels(scores)
 
     out: dict = {"n": n, "accuracy": _accuracy(labels, predicted),
-                 "loss": binary_cross_entropy(labels, scores), "auc": None}
+                 "loss": binary_cross_entropy(labels, scores), "auc": None,
+                 "majority_baseline": majority_baseline(labels),
+                 # The class every prediction is, when they all are one (a collapsed model), else null.
+                 "one_class_predictions": LABEL_NAMES[int(predicted[0])] if len(np.unique(predicted)) == 1 else None}
     if len(np.unique(labels)) == 2:
         out["auc"] = float(roc_auc_score(labels, scores))
     else:
@@ -153,6 +156,14 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> d
     out["by_age"] = by_age
     out["worst_age_group"] = worst_age_group(by_age)
     return out
+
+
+def majority_baseline(labels: np.ndarray) -> dict:
+    """The accuracy of always answering the split's most frequent class (ties: female), the floor
+    any accuracy must be read against."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=2)
+    k = int(np.argmax(counts))
+    return {"class": LABEL_NAMES[k], "accuracy": float(counts[k] / counts.sum())}
 
 
 def worst_age_group(by_age: dict) -> dict | None:
