@@ -163,7 +163,7 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def _load(path: str, decode: Callable[[bytes], T]) -> T:
+def load_decoded(path: str, decode: Callable[[bytes], T]) -> T:
     """Read a file (any Beam file system) and decode its bytes; DecodeError names the path."""
     try:
         data = read_bytes(path)
@@ -178,9 +178,9 @@ def _load(path: str, decode: Callable[[bytes], T]) -> T:
 
 def load_image(path: str, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     """Read a file (any Beam file system) and decode it with decode_image; DecodeError names the path."""
-    return _load(path, lambda data: decode_image(data, size))
+    return load_decoded(path, lambda data: decode_image(data, size))
 
 
 def load_photo(path: str) -> Image.Image:
     """Read a file (any Beam file system) and decode it with decode_photo; DecodeError names the path."""
-    return _load(path, decode_photo)
+    return load_decoded(path, decode_photo)
