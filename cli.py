@@ -467,20 +467,17 @@ def _classify_progress():
     return on_event
 
 
-def _classify_single(stream) -> int:
-    """The original's one-image form: its block for one face, an error line, or a table of faces."""
-    from model.classify_output import RowWriter, familiar_block
+def _familiar_form(rows: list) -> int | None:
+    """The original's one-image form: its block for one face, one error line for a failed image;
+    None for several faces (they get the table like any run)."""
+    from model.classify_output import familiar_block
 
-    rows = list(stream)
-    if len(rows) == 1 and rows[0].error is not None:
+    if len(rows) != 1:
+        return None
+    if rows[0].error is not None:
         print(f"error: {rows[0].path}: {rows[0].error}", file=sys.stderr)
         return 1
-    if len(rows) == 1:
-        print(familiar_block(rows[0]), end="")
-    else:
-        writer = RowWriter(sys.stdout)
-        writer.write(rows)
-        writer.close()
+    print(familiar_block(rows[0]), end="")
     return 0
 
 
@@ -499,8 +496,13 @@ def cmd_classify(args) -> int:
             return _fail(f"cannot create {args.annotate} ({err.strerror or err}); pass a writable --annotate folder")
     stream = ClassifyStream(model, inputs, faces=args.faces, min_face=args.min_face, batch_size=args.batch_size,
                             progress=_classify_progress(), annotate_dir=args.annotate, total=inputs.count)
+    rows = iter(stream)
     if args.format is None and args.output is None and inputs.single_image:
-        return _classify_single(stream)
+        first = list(stream)          # one file: its faces
+        status = _familiar_form(first)
+        if status is not None:
+            return status
+        rows = iter(first)
     try:
         out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     except OSError as err:
@@ -508,7 +510,7 @@ def cmd_classify(args) -> int:
     writer = RowWriter(out, args.format or "table")
     interrupted = False
     try:
-        for row in stream:
+        for row in rows:
             writer.write([row])
     except KeyboardInterrupt:
         interrupted = True

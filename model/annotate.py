@@ -57,7 +57,7 @@ def draw_results(picture: Image.Image, prepared) -> Image.Image:
     k = prepared.scale
     for face in prepared.small:
         x, y, w, h = (v * k for v in face.box)
-        draw.rectangle((x, y, x + w, y + h), outline=SKIPPED_COLOUR, width=1)
+        draw.rectangle((x, y, x + w, y + h), outline=SKIPPED_COLOUR, width=max(1, width // 2))
     for row, landmarks in zip(prepared.rows, prepared.landmarks + [None] * len(prepared.rows)):
         if row.error is not None:
             _label(draw, (0, 0), row.error, ERROR_COLOUR, font, above=False)

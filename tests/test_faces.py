@@ -347,6 +347,14 @@ def test_single_photo_with_one_face_prints_the_familiar_block(classifier_path, p
     assert status == 0 and out.startswith("****\noutput class is ") and out.count("****") == 2
 
 
+def test_single_photo_with_two_faces_prints_the_table_and_the_summary(classifier_path, photos, capsys):
+    status, out, err = _run(["classify", "-m", classifier_path, "-i", photos["two.png"]], capsys)
+    lines = out.splitlines()
+    assert status == 0 and lines[0].split()[:3] == ["label", "score", "face"]
+    assert [line.split()[2] for line in lines[1:]] == ["0", "1"]
+    assert err.strip().splitlines()[-1].startswith("classified 2 faces in 1 of 1 files")
+
+
 def test_single_photo_without_a_face_is_one_error_line_exit_1(classifier_path, photos, capsys):
     status, out, err = _run(["classify", "-m", classifier_path, "-i", photos["noface.png"]], capsys)
     assert status == 1 and out == ""
@@ -358,3 +366,16 @@ def test_bad_min_face_is_one_line_exit_2(classifier_path, photos, capsys):
                             capsys)
     assert status == 2 and out == ""
     assert err.strip().splitlines()[-1] == "error: --min-face must be a positive number of pixels, got 0"
+
+
+def test_the_readme_picture_is_made_by_its_script(classifier_path, tmp_path):
+    """docs/classify_faces.png is what docs/make_classify_picture.py writes (the real command's
+    --annotate output, shrunk): the script runs, and the committed picture has its size."""
+    target = tmp_path / "picture.png"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "make_classify_picture.py"), "-m",
+                           classifier_path, "-o", str(target)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "classified 2 faces in 1 of 1 files" in proc.stderr and "1 faces smaller than 40 px skipped" in proc.stderr
+    made, committed = Image.open(target), Image.open(os.path.join(ROOT, "docs", "classify_faces.png"))
+    assert made.size == committed.size and made.size[0] == 720
+    assert "docs/classify_faces.png" in open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
