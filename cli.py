@@ -413,6 +413,8 @@ def cmd_evaluate(args) -> int:
 
 # ---------------------------------------------------------------- classify
 def add_classify_parser(sub) -> None:
+    from model.classify_output import OUTPUT_FORMATS
+    from model.classify_prepare import FACE_MODES
     from model.detect import DEFAULT_MIN_FACE
 
     p = sub.add_parser("classify", help="classify the faces in image files, folders or lists of paths",
@@ -423,7 +425,7 @@ def add_classify_parser(sub) -> None:
                                    "found (its row says why).")
     p.add_argument("-m", "--model", required=True, help="trained classifier (.keras written by train)")
     p.add_argument("-i", "--input", required=True, nargs="+", metavar="PATH", help="images, folders, path lists")
-    p.add_argument("--faces", choices=("auto", "aligned", "detect"), default="auto",
+    p.add_argument("--faces", choices=FACE_MODES, default="auto",
                    help="aligned: every file is a face crop like Adience's aligned faces, classified whole; "
                         "detect: every file is a photo, each face in it is found, aligned like Adience's and "
                         "classified; auto (default): files named landmark_aligned_face.* and square pictures "
@@ -435,7 +437,7 @@ def add_classify_parser(sub) -> None:
     p.add_argument("--annotate", default=None, metavar="DIR",
                    help="also write each picture under DIR with its faces' boxes, landmarks, labels and scores "
                         "drawn on it (paths mirrored under DIR)")
-    p.add_argument("--format", choices=("table", "csv", "json", "jsonl"), default=None,
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
                    help="output format (default: table; one image alone prints the original's line); every "
                         "format is written row by row as faces are scored (json: one array, jsonl: one object "
                         "per line)")

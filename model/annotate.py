@@ -12,6 +12,7 @@ import os
 from PIL import Image, ImageDraw, ImageFont
 
 from model.classify_inputs import IMAGE_EXTENSIONS, is_remote
+from model.classify_prepare import CROP_INPUT
 from pipeline.errors import DataError
 
 COLOURS = {"female": (240, 110, 30), "male": (30, 150, 230)}
@@ -73,7 +74,7 @@ def draw_results(picture: Image.Image, prepared) -> Image.Image:
             r = width + 1
             for px, py in landmarks * k:
                 draw.ellipse((px - r, py - r, px + r, py + r), fill=LANDMARK_COLOUR)
-        prefix = "" if row.crop == "input" else f"#{row.face} "
+        prefix = "" if row.crop == CROP_INPUT else f"#{row.face} "
         _label(draw, (x, y), prefix + text, colour, font, above=True)
     return out
 

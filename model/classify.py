@@ -31,35 +31,17 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from model.classify_inputs import Entry, Inputs
-from model.detect import DEFAULT_MIN_FACE, Face, FaceDetector
+# ClassifyRow is part of this module's API: the rows it yields.
+from model.classify_prepare import FACE_MODES, ClassifyRow, Prepared, PrepareSettings, prepare
+from model.detect import DEFAULT_MIN_FACE, FaceDetector
 from model.evaluate import label_name
 from pipeline.errors import DataError
 
-FACE_MODES = ("auto", "aligned", "detect")
-ADIENCE_PREFIX = "landmark_aligned_face."
-# What the model was shown: the input file itself, or a face aligned from a detection.
-CROP_INPUT, CROP_DETECTED = "input", "detected"
-# Photos kept for --annotate are shrunk to this longer side (a picture to check at a glance), and
-# fewer files are kept in flight, so that they never hold more than about 100 MB.
-ANNOTATE_MAX_SIDE = 1024
+# Fewer files are kept in flight with --annotate: their pictures (ANNOTATE_MAX_SIDE) then hold
+# at most about 100 MB.
 ANNOTATE_WINDOW = 32
 
 Progress = Callable[[dict], None]
-
-
-@dataclass
-class ClassifyRow:
-    """One output row: a face (index, box x/y/w/h and detector confidence when detected) with its
-    label and score, or an error with its reason."""
-
-    path: str
-    face: int | None = None
-    box: list[int] | None = None
-    confidence: float | None = None
-    crop: str | None = None
-    label: str | None = None
-    score: float | None = None
-    error: str | None = None
 
 
 @dataclass
@@ -80,99 +62,6 @@ class Tally:
         self.faces += len(scored)
         for r in scored:
             self.labels[r.label] = self.labels.get(r.label, 0) + 1
-
-
-@dataclass
-class _Settings:
-    faces: str
-    size: int
-    min_face: int
-    detector: FaceDetector
-    annotate: bool
-
-
-@dataclass
-class _Prepared:
-    """One file ready for the model: its rows (in output order), the crops of the rows to score
-    (the first len(crops) rows), and what --annotate draws."""
-
-    path: str
-    rows: list[ClassifyRow]
-    crops: list[np.ndarray] = field(default_factory=list)
-    landmarks: list[np.ndarray | None] = field(default_factory=list)
-    small: list[Face] = field(default_factory=list)
-    picture: object = None          # PIL image, shrunk to ANNOTATE_MAX_SIDE
-    scale: float = 1.0              # picture pixels per photo pixel
-
-    @property
-    def done(self) -> bool:
-        return all(r.error is not None or r.score is not None for r in self.rows)
-
-
-def is_adience_name(path: str) -> bool:
-    return os.path.basename(path).startswith(ADIENCE_PREFIX)
-
-
-def _box(face: Face) -> list[int]:
-    return [int(round(v)) for v in face.box]
-
-
-def _picture(photo, settings: _Settings) -> tuple[object, float]:
-    if not settings.annotate:
-        return None, 1.0
-    scale = min(1.0, ANNOTATE_MAX_SIDE / max(photo.size))
-    if scale == 1.0:
-        return photo.copy(), 1.0
-    from PIL import Image
-
-    size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
-    return photo.resize(size, Image.Resampling.LANCZOS), scale
-
-
-def _as_crop(path: str, crop: np.ndarray, photo, settings: _Settings, face: Face | None = None) -> _Prepared:
-    row = ClassifyRow(path=path, face=0, crop=CROP_INPUT)
-    if face is not None:
-        row.box, row.confidence = _box(face), face.confidence
-    picture, scale = _picture(photo, settings) if photo is not None else (None, 1.0)
-    return _Prepared(path, [row], [crop], [face.landmarks if face else None], picture=picture, scale=scale)
-
-
-def _detected(path: str, data: bytes, photo, settings: _Settings) -> _Prepared:
-    from pipeline.align import align_face, looks_aligned
-    from pipeline.decode import decode_image
-
-    faces = settings.detector.detect(np.asarray(photo))
-    if settings.faces == "auto" and len(faces) == 1 and looks_aligned(photo.width, photo.height, faces[0].landmarks):
-        return _as_crop(path, decode_image(data, settings.size), photo, settings, faces[0])
-    kept = [f for f in faces if f.size >= settings.min_face]
-    small = [f for f in faces if f.size < settings.min_face]
-    picture, scale = _picture(photo, settings)
-    if not kept:
-        reason = (f"no face of at least {settings.min_face} px found ({len(small)} smaller skipped)" if small
-                  else "no face found")
-        return _Prepared(path, [ClassifyRow(path=path, error=reason)], small=small, picture=picture, scale=scale)
-    rows = [ClassifyRow(path=path, face=i, box=_box(f), confidence=f.confidence, crop=CROP_DETECTED)
-            for i, f in enumerate(kept)]
-    crops = [align_face(photo, f.landmarks, settings.size) for f in kept]
-    return _Prepared(path, rows, crops, [f.landmarks for f in kept], small, picture, scale)
-
-
-def _prepare(entry: Entry, settings: _Settings) -> _Prepared:
-    """Read, decode and (photos) search one file: runs in the thread pool."""
-    from pipeline.decode import DecodeError, decode_photo, load_decoded, load_image, load_photo
-
-    if entry.error is not None:
-        return _Prepared(entry.path, [ClassifyRow(path=entry.path, error=entry.error)])
-    try:
-        if settings.faces == "aligned" or (settings.faces == "auto" and is_adience_name(entry.path)):
-            crop = load_image(entry.path, settings.size)
-            return _as_crop(entry.path, crop, load_photo(entry.path) if settings.annotate else None, settings)
-        data, photo = load_decoded(entry.path, lambda raw: (raw, decode_photo(raw)))
-        return _detected(entry.path, data, photo, settings)
-    except DecodeError as err:
-        return _Prepared(entry.path, [ClassifyRow(path=entry.path, error=err.reason)])
-    except DataError as err:
-        return _Prepared(entry.path, [ClassifyRow(path=entry.path, error=str(err))])
 
 
 def _in_order(pool: ThreadPoolExecutor, entries: Iterable[Entry], work: Callable, window: int) -> Iterator:
@@ -228,7 +117,7 @@ class ClassifyStream:
         self.progress = progress or (lambda event: None)
         self.annotate_dir = annotate_dir
         self.detector = FaceDetector(min_face)
-        self.settings = _Settings(faces, model_image_size(model), min_face, self.detector, annotate_dir is not None)
+        self.settings = PrepareSettings(faces, model_image_size(model), min_face, self.detector, annotate_dir is not None)
         self.tally = Tally()
 
     def _count_in_background(self) -> dict:
@@ -245,7 +134,7 @@ class ClassifyStream:
                 row.score = float(score)
                 row.label = label_name(row.score)
 
-    def _finish(self, prepared: _Prepared) -> list[ClassifyRow]:
+    def _finish(self, prepared: Prepared) -> list[ClassifyRow]:
         self.tally.add(prepared.rows, len(prepared.small))
         if self.annotate_dir is not None and prepared.picture is not None:
             from model.annotate import save_annotated
@@ -260,11 +149,11 @@ class ClassifyStream:
         self.progress({"event": "start", "total": None})
         window = 2 * self.batch_size if self.annotate_dir is None else min(2 * self.batch_size, ANNOTATE_WINDOW)
         window = max(window, 2 * self.workers)
-        pending: deque[_Prepared] = deque()
+        pending: deque[Prepared] = deque()
         batch: list[tuple[ClassifyRow, np.ndarray]] = []
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="classify")
         try:
-            for prepared in _in_order(pool, self.entries, lambda e: _prepare(e, self.settings), window):
+            for prepared in _in_order(pool, self.entries, lambda e: prepare(e, self.settings), window):
                 pending.append(prepared)
                 batch += zip(prepared.rows, prepared.crops)
                 prepared.crops = []

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import CLI, ROOT
+from tests.conftest import ROOT
 
 TURN = 20          # degrees, counter-clockwise on screen (PIL's rotate)
 SMALL = 0.12       # scale of the small face: its box is about 21×26 px
