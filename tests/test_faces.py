@@ -221,6 +221,18 @@ def test_decode_photo_then_model_input_is_decode_image():
     Image.open(grace_path()).save(buffer, "PNG")
     data = buffer.getvalue()
     assert np.array_equal(to_model_input(decode_photo(data), 224), decode_image(data, 224))
+    # A photo stored sideways with an EXIF orientation is searched upright, as decode_image sees it
+    # (the JPEG path differs only by decode_image's DCT-domain shortcut: a few grey levels).
+    from pipeline.synthetic import EXIF_ORIENTATION
+
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    buffer = io.BytesIO()
+    Image.open(grace_path()).rotate(90, expand=True).save(buffer, "JPEG", quality=95, exif=exif)
+    photo = decode_photo(buffer.getvalue())
+    assert photo.size == (512, 600)
+    diff = np.abs(to_model_input(photo, 224).astype(int) - decode_image(buffer.getvalue(), 224).astype(int))
+    assert diff.mean() < 3.0, diff.mean()
 
 
 def test_looks_aligned_only_for_a_crop_laid_out_like_adience(grace, found, detector):
