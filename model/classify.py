@@ -54,14 +54,17 @@ class Tally:
     small_faces: int = 0    # faces found but smaller than min_face: skipped
     labels: dict[str, int] = field(default_factory=dict)
 
-    def add(self, rows: list[ClassifyRow], small_faces: int) -> None:
+    def add_row(self, row: ClassifyRow) -> None:
+        """A row handed out (and so written)."""
+        if row.label is not None:
+            self.faces += 1
+            self.labels[row.label] = self.labels.get(row.label, 0) + 1
+
+    def add_file(self, rows: list[ClassifyRow], small_faces: int) -> None:
+        """A file whose rows were all handed out."""
         self.files += 1
         self.small_faces += small_faces
-        scored = [r for r in rows if r.label is not None]
-        self.failed += not scored
-        self.faces += len(scored)
-        for r in scored:
-            self.labels[r.label] = self.labels.get(r.label, 0) + 1
+        self.failed += all(r.label is None for r in rows)
 
 
 def _in_order(pool: ThreadPoolExecutor, entries: Iterable[Entry], work: Callable, window: int) -> Iterator:
@@ -117,7 +120,8 @@ class ClassifyStream:
         self.progress = progress or (lambda event: None)
         self.annotate_dir = annotate_dir
         self.detector = FaceDetector(min_face)
-        self.settings = PrepareSettings(faces, model_image_size(model), min_face, self.detector, annotate_dir is not None)
+        self.settings = PrepareSettings(faces, model_image_size(model), min_face, self.detector,
+                                        annotate=annotate_dir is not None)
         self.tally = Tally()
 
     def _count_in_background(self) -> dict:
@@ -134,14 +138,18 @@ class ClassifyStream:
                 row.score = float(score)
                 row.label = label_name(row.score)
 
-    def _finish(self, prepared: Prepared) -> list[ClassifyRow]:
-        self.tally.add(prepared.rows, len(prepared.small))
+    def _finish(self, prepared: Prepared) -> Iterator[ClassifyRow]:
+        """A file's rows, counted as each is taken (the consumer writes a row before asking for the
+        next, so the tally matches what was written even when the run is interrupted)."""
         if self.annotate_dir is not None and prepared.picture is not None:
             from model.annotate import save_annotated
 
             save_annotated(self.annotate_dir, prepared)
+        for row in prepared.rows:
+            yield row
+            self.tally.add_row(row)
+        self.tally.add_file(prepared.rows, len(prepared.small))
         self.progress({"event": "batch", "count": 1, "faces": self.tally.faces})
-        return prepared.rows
 
     def __iter__(self) -> Iterator[ClassifyRow]:
         counted = self._count_in_background()
@@ -174,7 +182,7 @@ class ClassifyStream:
         finally:
             # Stopped early (Ctrl-C, an error): drop the files queued, wait only for those running.
             pool.shutdown(wait=True, cancel_futures=True)
-        self.progress({"event": "end"})
+            self.progress({"event": "end"})
 
 
 # ------------------------------------------------------------------ library entry points

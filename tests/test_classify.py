@@ -291,3 +291,30 @@ def test_json_array_is_valid_whatever_the_number_of_rows():
             ClassifyRow(path="b.jpg", error="truncated image")]
     assert [r["path"] for r in json.loads(format_rows(rows, "json"))] == ["a.jpg", "b.jpg"]
     assert [json.loads(line)["error"] for line in format_rows(rows, "jsonl").splitlines()] == [None, "truncated image"]
+
+
+def test_ctrl_c_keeps_the_rows_written_valid_json_and_says_so(classifier_path, mixed_folder, tmp_path, capsys,
+                                                              monkeypatch):
+    import cli
+
+    def interrupting_progress():
+        done = []
+
+        def on_event(event: dict) -> None:
+            if event["event"] == "batch":
+                done.append(1)
+                if len(done) == 4:
+                    raise KeyboardInterrupt
+        return on_event
+
+    monkeypatch.setattr(cli, "_classify_progress", interrupting_progress)
+    target = tmp_path / "rows.json"
+    status, out, err = _run(["classify", "-m", classifier_path, "-i", mixed_folder, "--format", "json", "-b", "1",
+                             "-o", str(target)], capsys)
+    assert status == 130
+    rows = json.loads(target.read_text())           # the array was closed
+    assert len(rows) == 4                            # the files finished before the interrupt
+    lines = err.strip().splitlines()                 # counts = what was written
+    assert lines[-2].startswith(f"classified {sum(r['score'] is not None for r in rows)} faces in ")
+    assert " of 4 files" in lines[-2]
+    assert lines[-1].startswith("interrupted: the rows written are complete")
