@@ -4,6 +4,7 @@
 depending on `faces` (see model.classify), either take the whole file as an aligned crop or find
 its faces (model.detect), align each like Adience's faces (pipeline.align) and skip the small
 ones. Errors become rows, never exceptions: one unreadable file does not stop the others.
+Lives in `model/` because it drives the detector network; the pixel work it calls is `pipeline/`'s.
 """
 from __future__ import annotations
 
