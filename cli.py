@@ -450,49 +450,118 @@ def cmd_evaluate(args) -> int:
 
 # ---------------------------------------------------------------- classify
 def add_classify_parser(sub) -> None:
-    p = sub.add_parser("classify", help="classify image files, folders or lists of paths",
-                       description="Classify faces as female/male. PATH: an image, a folder (searched "
-                                   "recursively for jpg jpeg png bmp gif tif tiff webp) or a text file "
-                                   "listing paths (one per line, # comments). Exit status 1 when any "
-                                   "file could not be classified (its row says why).")
+    from model.classify_output import OUTPUT_FORMATS
+    from model.classify_prepare import FACE_MODES
+    from model.detect import DEFAULT_MIN_FACE
+
+    p = sub.add_parser("classify", help="classify the faces in image files, folders or lists of paths",
+                       description="Classify faces as female/male, one row per face, written as they are "
+                                   "scored. PATH: an image, a folder (searched recursively for jpg jpeg png bmp "
+                                   "gif tif tiff webp) or a text file listing paths (one per line, # comments). "
+                                   "Exit status 1 when any file could not be classified: unreadable, or no face "
+                                   "found (its row says why).")
     p.add_argument("-m", "--model", required=True, help="trained classifier (.keras written by train)")
     p.add_argument("-i", "--input", required=True, nargs="+", metavar="PATH", help="images, folders, path lists")
-    p.add_argument("--format", choices=("table", "csv", "json"), default=None,
-                   help="output format (default: table; one image alone prints the original's line)")
+    p.add_argument("--faces", choices=FACE_MODES, default="auto",
+                   help="aligned: every file is a face crop like Adience's aligned faces, classified whole; "
+                        "detect: every file is a photo, each face in it is found, aligned like Adience's and "
+                        "classified; auto (default): files named landmark_aligned_face.* and square pictures "
+                        "whose one face already sits where Adience's aligned faces have it are crops, the "
+                        "rest photos")
+    p.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE, metavar="PIXELS",
+                   help=f"skip (and count) detected faces smaller than this on the shorter side of their box "
+                        f"(default {DEFAULT_MIN_FACE})")
+    p.add_argument("--annotate", default=None, metavar="DIR",
+                   help="also write each picture under DIR with its faces' boxes, landmarks, labels and scores "
+                        "drawn on it (paths mirrored under DIR)")
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
+                   help="output format (default: table; one image alone prints the original's line); every "
+                        "format is written row by row as faces are scored (json: one array, jsonl: one object "
+                        "per line)")
     p.add_argument("-o", "--output", default=None, help="write the rows to this file instead of stdout")
-    p.add_argument("-b", "--batch-size", type=int, default=64, help="images per model call (default 64)")
+    p.add_argument("-b", "--batch-size", type=int, default=64, help="faces per model call (default 64)")
     p.set_defaults(func=cmd_classify)
 
 
-def cmd_classify(args) -> int:
-    from model.classify import classify, familiar_block, format_rows
+def _classify_progress():
+    """A tqdm bar on stderr over files (its total arrives once the inputs are counted), faces as postfix."""
+    from tqdm import tqdm
 
-    result = classify(args.model, args.input, batch_size=args.batch_size, progress=_progress_bars("img"))
-    if result.single_image and args.format is None and args.output is None:
-        row = result.rows[0]
-        if row.error is not None:
-            print(f"error: {row.path}: {row.error}", file=sys.stderr)
-            return 1
-        print(familiar_block(row), end="")
-        return 0
-    text = format_rows(result.rows, args.format or "table")
-    if args.output:
+    bar: dict = {}
+
+    def on_event(event: dict) -> None:
+        kind = event["event"]
+        if kind == "start":
+            bar["b"] = tqdm(total=event["total"], unit="file", desc="classify", file=sys.stderr,
+                            dynamic_ncols=True, disable=None)
+        elif kind == "total" and "b" in bar:
+            bar["b"].total = event["total"]
+            bar["b"].refresh()
+        elif kind == "batch" and "b" in bar:
+            bar["b"].set_postfix(faces=event["faces"], refresh=False)
+            bar["b"].update(event["count"])
+        elif kind == "end" and "b" in bar:
+            bar.pop("b").close()
+
+    return on_event
+
+
+def _familiar_form(rows: list) -> int | None:
+    """The original's one-image form: its block for one face, one error line for a failed image;
+    None for several faces (they get the table like any run)."""
+    from model.classify_output import familiar_block
+
+    if len(rows) != 1:
+        return None
+    if rows[0].error is not None:
+        print(f"error: {rows[0].path}: {rows[0].error}", file=sys.stderr)
+        return 1
+    print(familiar_block(rows[0]), end="")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from model.classifier import load_classifier
+    from model.classify import ClassifyStream
+    from model.classify_inputs import Inputs
+    from model.classify_output import RowWriter, summary_line
+
+    model = load_classifier(args.model)
+    inputs = Inputs(args.input)
+    if args.annotate:
         try:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text)
+            os.makedirs(args.annotate, exist_ok=True)
         except OSError as err:
-            return _fail(f"cannot write {args.output} ({err.strerror or err}); pass a writable -o path")
-    else:
-        sys.stdout.write(text)
-    counts = result.counts()
-    summary = (f"classified {counts['images'] - counts['failed']} of {counts['images']} files: "
-               f"{counts.get('female', 0)} female, {counts.get('male', 0)} male, {counts['failed']} failed")
-    if result.skipped:
-        summary += f"; {result.skipped} files in the folders skipped (not an image extension)"
-    if args.output:
-        summary += f"; rows written to {args.output}"
-    print(summary, file=sys.stderr)
-    return 1 if counts["failed"] else 0
+            return _fail(f"cannot create {args.annotate} ({err.strerror or err}); pass a writable --annotate folder")
+    stream = ClassifyStream(model, inputs, faces=args.faces, min_face=args.min_face, batch_size=args.batch_size,
+                            progress=_classify_progress(), annotate_dir=args.annotate, total=inputs.count)
+    rows = iter(stream)
+    if args.format is None and args.output is None and inputs.single_image:
+        first = list(stream)          # one file: its faces
+        status = _familiar_form(first)
+        if status is not None:
+            return status
+        rows = iter(first)
+    try:
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    except OSError as err:
+        return _fail(f"cannot write {args.output} ({err.strerror or err}); pass a writable -o path")
+    writer = RowWriter(out, args.format or "table")
+    interrupted = False
+    try:
+        for row in rows:
+            writer.write([row])
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        writer.close()      # a JSON array is closed even when the run stops early: rows written stay valid
+        if out is not sys.stdout:
+            out.close()
+    print(summary_line(stream.tally, inputs.skipped, args.min_face, args.output), file=sys.stderr)
+    if interrupted:
+        print("interrupted: the rows written are complete; rerun the command to classify the rest", file=sys.stderr)
+        return 130
+    return 1 if stream.tally.failed else 0
 
 
 # ---------------------------------------------------------------- demo

@@ -6,6 +6,7 @@ Pillow does the work (JPEG, PNG, GIF, BMP, TIFF, WebP, ... whatever the installe
 from __future__ import annotations
 
 import io
+from typing import Callable, TypeVar
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
@@ -28,6 +29,8 @@ _BACKGROUND = (255, 255, 255)
 
 # 16/32-bit integer greyscale (16-bit PNG, TIFF) is scaled to 8 bits; convert("L") would clip it.
 _WIDE_INT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+T = TypeVar("T")
 
 
 class DecodeError(DataError):
@@ -69,15 +72,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_image(data: bytes, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
-    """Encoded image bytes -> uint8 array size×size×3 in BGR order; DecodeError(reason) if unusable.
-
-    Steps: EXIF orientation applied; any colour mode turned into 3-channel colour (alpha composited
-    on white); JPEGs are first reduced in the DCT domain by `Image.draft` (by 1/2, 1/4 or 1/8, never
-    below `size`), then the image is resized with an antialiasing Lanczos filter. A non-square
-    image is center-cropped to its largest centered square before the resize (faces keep their
-    proportions; the aligned Adience faces are square, so for them this is a plain resize).
-    """
+def _open(data: bytes) -> Image.Image:
+    """Encoded bytes -> a lazily opened Pillow image whose header passed the checks (not loaded yet)."""
     if not data:
         raise DecodeError("empty file")
     try:
@@ -88,34 +84,76 @@ def decode_image(data: bytes, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
         raise DecodeError(f"image too large (decompression bomb guard): {err}") from None
     except Exception as err:  # noqa: BLE001 - a header Pillow chokes on is a bad file, not a crash
         raise _decode_error(err) from None
-    with im:
-        width, height = im.size
-        if width * height > MAX_PIXELS:
-            raise DecodeError(f"image too large ({width}x{height} pixels; decompression bomb guard)")
-        if width == 0 or height == 0:
-            raise DecodeError(f"corrupt image data: {width}x{height} pixels")
-        try:
-            # DCT-domain reduction: libjpeg decodes directly at 1/2, 1/4 or 1/8 scale while keeping
-            # the result >= size on its shorter side; a no-op for formats other than JPEG.
-            im.draft("RGB", (size, size))
-            im.load()
-            ImageOps.exif_transpose(im, in_place=True)
-            im = _to_rgb(im)
-            w, h = im.size
-            side = min(w, h)
-            left, top = (w - side) // 2, (h - side) // 2
-            # Lanczos rather than bicubic + reducing_gap: after draft the remaining reduction is
-            # < 2x for JPEGs, where reducing_gap does nothing, and Lanczos costs little more
-            # (408->224: 3.2 ms vs 2.8 ms for bicubic, measured; ~5% of the whole decode) for a
-            # sharper antialiased result.
-            im = im.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side))
-            rgb = np.asarray(im, dtype=np.uint8)
-        except Exception as err:  # noqa: BLE001 - Pillow raises assorted types on malformed files
-            raise _decode_error(err) from None
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        im.close()
+        raise DecodeError(f"image too large ({width}x{height} pixels; decompression bomb guard)")
+    if width == 0 or height == 0:
+        im.close()
+        raise DecodeError(f"corrupt image data: {width}x{height} pixels")
+    return im
+
+
+def _load_rgb(im: Image.Image, draft: int | None = None) -> Image.Image:
+    """Load an opened image upright (EXIF orientation applied) in 8-bit RGB; JPEGs first reduced in
+    the DCT domain when `draft` is given: by 1/2, 1/4 or 1/8, never below `draft` on the shorter side."""
+    try:
+        if draft:
+            # A no-op for formats other than JPEG.
+            im.draft("RGB", (draft, draft))
+        im.load()
+        ImageOps.exif_transpose(im, in_place=True)
+        return _to_rgb(im)
+    except Exception as err:  # noqa: BLE001 - Pillow raises assorted types on malformed files
+        raise _decode_error(err) from None
+
+
+def to_model_input(im: Image.Image, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    """An RGB Pillow image -> uint8 size×size×3 BGR: its largest centred square, Lanczos-resized.
+
+    The last step of `decode_image`, also applied to the face crops `classify` aligns on photos,
+    so that a detected face reaches the model exactly as a training face does.
+    """
+    try:
+        w, h = im.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        # Lanczos rather than bicubic + reducing_gap: after draft the remaining reduction is
+        # < 2x for JPEGs, where reducing_gap does nothing, and Lanczos costs little more
+        # (408->224: 3.2 ms vs 2.8 ms for bicubic, measured; ~5% of the whole decode) for a
+        # sharper antialiased result.
+        im = im.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side))
+        rgb = np.asarray(im, dtype=np.uint8)
+    except Exception as err:  # noqa: BLE001 - Pillow raises assorted types on malformed files
+        raise _decode_error(err) from None
     if rgb.shape != (size, size, 3):
         raise DecodeError(f"corrupt image data: decoded to shape {rgb.shape}")
     # Pillow gives RGB; VGG-Face (Caffe) wants BGR.
     return np.ascontiguousarray(rgb[..., ::-1])
+
+
+def decode_image(data: bytes, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    """Encoded image bytes -> uint8 array size×size×3 in BGR order; DecodeError(reason) if unusable.
+
+    Steps: EXIF orientation applied; any colour mode turned into 3-channel colour (alpha composited
+    on white); JPEGs are first reduced in the DCT domain by `Image.draft` (by 1/2, 1/4 or 1/8, never
+    below `size`), then the image is resized with an antialiasing Lanczos filter. A non-square
+    image is center-cropped to its largest centered square before the resize (faces keep their
+    proportions; the aligned Adience faces are square, so for them this is a plain resize).
+    """
+    with _open(data) as im:
+        return to_model_input(_load_rgb(im, draft=size), size)
+
+
+def decode_photo(data: bytes) -> Image.Image:
+    """Encoded image bytes -> the whole picture, upright, 8-bit RGB, full resolution (for finding
+    faces in it); the same checks and colour handling as decode_image, DecodeError(reason) if unusable."""
+    im = _open(data)
+    rgb = _load_rgb(im)
+    if rgb is im:
+        return im          # loaded: the in-memory file needs no closing
+    im.close()
+    return rgb
 
 
 def read_bytes(path: str) -> bytes:
@@ -125,14 +163,24 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def load_image(path: str, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
-    """Read a file (any Beam file system) and decode it with decode_image; DecodeError names the path."""
+def load_decoded(path: str, decode: Callable[[bytes], T]) -> T:
+    """Read a file (any Beam file system) and decode its bytes; DecodeError names the path."""
     try:
         data = read_bytes(path)
     except Exception as err:  # noqa: BLE001 - missing/unreadable file: one clear line
         cause = getattr(err, "exception_details", None) or err
         raise DecodeError(f"cannot read file ({cause})", path) from None
     try:
-        return decode_image(data, size)
+        return decode(data)
     except DecodeError as err:
         raise DecodeError(err.reason, path) from None
+
+
+def load_image(path: str, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    """Read a file (any Beam file system) and decode it with decode_image; DecodeError names the path."""
+    return load_decoded(path, lambda data: decode_image(data, size))
+
+
+def load_photo(path: str) -> Image.Image:
+    """Read a file (any Beam file system) and decode it with decode_photo; DecodeError names the path."""
+    return load_decoded(path, decode_photo)
