@@ -314,14 +314,14 @@ def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, 
 def _shard_problem(path: str, expected: int | None, image_size: int) -> tuple[int, str | None]:
     """(records read, what is wrong or None): every record of one shard read and parsed."""
     if not files.exists(path):
-        return 0, "missing"
+        return 0, "is missing"
     ds = tf.data.TFRecordDataset(path).batch(PARSE_CHUNK).map(
         lambda s: tf.shape(parse_record(s, image_size)["image"], out_type=tf.int64)[0])
     try:
         n = int(ds.reduce(tf.constant(0, tf.int64), lambda total, k: total + k))
     except tf.errors.OpError as err:
         detail = (err.message or type(err).__name__).strip().splitlines()[0][:200]
-        return 0, f"corrupt ({detail})"
+        return 0, f"is corrupt ({detail})"
     if expected is not None and n != expected:
         return n, f"holds {n} records but the manifest says {expected}"
     return n, None
@@ -331,7 +331,9 @@ def find_corrupt_shard(records_dir: str, splits: str | Sequence[str]) -> tuple[s
     """(shard path, what is wrong) for the first shard of the splits that is missing, corrupt (a
     damaged or truncated record, a record that does not parse or has another image size) or holds
     another number of records than the manifest says; None when every shard reads as promised.
-    Reads every record of the splits: for diagnosing a failure, not for the hot path."""
+    A manifest without per-shard counts (older preprocess) can only tell a split's total: then the
+    path is the records folder. Reads every record of the splits: for diagnosing a failure, not for
+    the hot path."""
     splits = _as_split_list(splits)
     manifest = load_manifest(records_dir)
     _check_splits(records_dir, manifest, splits)
@@ -345,8 +347,7 @@ def find_corrupt_shard(records_dir: str, splits: str | Sequence[str]) -> tuple[s
                 return join(records_dir, name), problem
             read += n
         if read != info.count:
-            return (join(records_dir, info.shards[-1]) if info.shards else records_dir,
-                    f"split {split} holds {read} records in its shards but the manifest says {info.count}")
+            return records_dir, f"split {split} holds {read} records in its shards but the manifest says {info.count}"
     return None
 
 
@@ -362,6 +363,5 @@ def records_error(err: Exception, records_dir: str, splits: str | Sequence[str])
     if found is None:
         return None
     path, problem = found
-    return DataError(f"shard {path} is {problem}: the records are damaged; {_rerun(records_dir, manifest)}"
-                     if problem.startswith("corrupt") or problem == "missing" else
-                     f"shard {path} {problem}: the records are damaged; {_rerun(records_dir, manifest)}")
+    where = f"{path}:" if path == records_dir else f"shard {path}"
+    return DataError(f"{where} {problem}: the records are damaged; {_rerun(records_dir, manifest)}")
