@@ -2,6 +2,10 @@
 through the commands in a subprocess. Every refusal is asserted to be exit status 2 with one
 `error:` line and no traceback, and the files around it (inputs, neighbouring folders) are
 compared by digest before and after, so a refusal that still destroyed something fails.
+
+Each finding runs at least once as a real subprocess; its further variants call `cli.main` in this
+process (the same code from argv on, without paying TensorFlow's start-up again), which keeps the
+file within a minute or two.
 """
 from __future__ import annotations
 
@@ -33,6 +37,19 @@ TIMEOUT = 300      # a hang (FIFO) fails the test instead of blocking the suite
 # ----------------------------------------------------------------------------- helpers
 def run(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def main(*args) -> subprocess.CompletedProcess:
+    """cli.main in this process, its stdout/stderr captured: a stand-in for `run` in variants."""
+    import contextlib
+    import io
+
+    import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def refused(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -161,21 +178,21 @@ def test_classify_output_naming_the_model_or_an_input_image_is_refused(small_mod
     image = an_image(tiny_root)
     before = digests(model, tiny_root)
     refused(run("classify", "-m", model, "-i", image, "-o", model), "-o", "is the input -m")
-    refused(run("classify", "-m", model, "-i", image, os.path.dirname(image), "-o", image), "is the input -i")
+    refused(main("classify", "-m", model, "-i", image, os.path.dirname(image), "-o", image), "is the input -i")
     # through a symbolic link to the model: compared after resolving links
     link = tmp_path / "rows.csv"
     link.symlink_to(model)
-    refused(run("classify", "-m", model, "-i", image, "-o", link), "is the input -m")
+    refused(main("classify", "-m", model, "-i", image, "-o", link), "is the input -m")
     assert digests(model, tiny_root) == before
 
 
 def test_train_and_convert_refuse_to_overwrite_their_weights_before_any_work(slim_t7, tiny_records, tmp_path):
     weights = tmp_path / "backbone.keras"
-    assert run("convert", "-w", slim_t7, "-o", weights).returncode == 0
+    assert main("convert", "-w", slim_t7, "-o", weights).returncode == 0
     before = digests(weights, tiny_records, slim_t7)
     refused(run("train", "-w", weights, "-i", tiny_records, "-o", weights), "-o", "is the input -w")
-    refused(run("convert", "-w", slim_t7, "-o", slim_t7), "is the input -w")
-    refused(run("train", "-w", weights, "-i", tiny_records, "-o", os.path.join(tiny_records, "m.keras")),
+    refused(main("convert", "-w", slim_t7, "-o", slim_t7), "is the input -w")
+    refused(main("train", "-w", weights, "-i", tiny_records, "-o", os.path.join(tiny_records, "m.keras")),
             "inside the input folder -i")
     assert digests(weights, tiny_records, slim_t7) == before
     assert sorted(os.listdir(tmp_path)) == ["backbone.keras"]      # no logs, checkpoints or model made
@@ -186,13 +203,14 @@ def test_preprocess_output_inside_the_input_tree_and_input_inside_output_are_ref
     shutil.copytree(tiny_root, root)
     before = digests(root)
     refused(preprocess(root, root / "aligned" / "records"), "-o", "inside the input folder -i")
-    refused(preprocess(root / "aligned", root), "input -i", "inside the output folder -o")
+    refused(main("preprocess", "-i", root / "aligned", "-o", root, *IN_MEMORY), "input -i",
+            "inside the output folder -o")
     assert digests(root) == before
 
 
 def test_evaluate_report_inside_the_records_is_refused(small_model, records):
     before = digests(records, small_model)
-    refused(run("evaluate", "-m", small_model, "-i", records, "--report-dir", os.path.join(records, "report")),
+    refused(main("evaluate", "-m", small_model, "-i", records, "--report-dir", os.path.join(records, "report")),
             "--report-dir", "inside the input folder -i")
     assert digests(records, small_model) == before
 
@@ -207,12 +225,12 @@ def test_outputs_under_a_regular_file_or_a_directory_where_a_file_goes(slim_t7, 
     before = digests(tmp_path, tiny_records)
     refused(run("train", "-w", slim_t7, "-i", tiny_records, "-o", folder_model),
             "-o", "is an existing directory")
-    refused(run("train", "-w", slim_t7, "-i", tiny_records, "-o", tmp_path / "m.keras", "--checkpoint-dir",
-                blocker / "ckpt"), "--checkpoint-dir", "is a file, not a folder")
-    refused(run("train", "-w", slim_t7, "-i", tiny_records, "-o", blocker / "m.keras"), "is a file, not a folder")
-    refused(run("convert", "-w", slim_t7, "-o", folder_model), "is an existing directory")
-    refused(preprocess(tiny_root, blocker / "records"), "is a file, not a folder")
-    refused(run("evaluate", "-m", small_model, "-i", tiny_records, "--report-dir", blocker), "is an existing file")
+    refused(main("train", "-w", slim_t7, "-i", tiny_records, "-o", tmp_path / "m.keras", "--checkpoint-dir",
+                 blocker / "ckpt"), "--checkpoint-dir", "is a file, not a folder")
+    refused(main("train", "-w", slim_t7, "-i", tiny_records, "-o", blocker / "m.keras"), "is a file, not a folder")
+    refused(main("convert", "-w", slim_t7, "-o", folder_model), "is an existing directory")
+    refused(main("preprocess", "-i", tiny_root, "-o", blocker / "records"), "is a file, not a folder")
+    refused(main("evaluate", "-m", small_model, "-i", tiny_records, "--report-dir", blocker), "is an existing file")
     assert digests(tmp_path, tiny_records) == before
 
 
@@ -251,8 +269,8 @@ def test_train_and_evaluate_refuse_a_shard_pointing_into_another_records_folder(
     _rewrite_manifest(records, lambda body: body["splits"]["train"]["shards"].__setitem__(0, foreign))
     before = digests(records, tiny_records)
     refused(run("train", "-w", slim_t7, "-i", records, "-o", tmp_path / "m.keras"), "not a plain file name")
-    refused(run("evaluate", "-m", small_model, "-i", records, "--split", "train", "--report-dir",
-                tmp_path / "report"), "not a plain file name")
+    refused(main("evaluate", "-m", small_model, "-i", records, "--split", "train", "--report-dir",
+                 tmp_path / "report"), "not a plain file name")
     assert digests(records, tiny_records) == before
     assert not os.path.exists(tmp_path / "report")
 
@@ -282,7 +300,7 @@ def test_evaluate_names_a_corrupt_shard(small_model, records, tmp_path):
     with open(shard, "r+b") as f:
         f.seek(os.path.getsize(shard) // 2)
         f.write(b"\xff" * 64)          # inside a record: its CRC no longer matches
-    refused(run("evaluate", "-m", small_model, "-i", records, "--report-dir", tmp_path / "r"),
+    refused(main("evaluate", "-m", small_model, "-i", records, "--report-dir", tmp_path / "r"),
             shard, "corrupt", "--overwrite")
 
 
@@ -390,7 +408,7 @@ def test_crafted_t7_with_zero_strides_is_refused_before_allocating(tmp_path):
     with pytest.raises(ModelError, match="zero stride"):
         read_vggface_t7(path)
     out = tmp_path / "out.keras"
-    refused(run("convert", "-w", path, "-o", out), "zero stride")
+    refused(main("convert", "-w", path, "-o", out), "zero stride")
     assert not out.exists()
 
 
@@ -410,13 +428,21 @@ def test_t7_sizes_beyond_vggface_are_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 5. numbers checked
-@pytest.mark.parametrize("flag, value", [("--learning-rate", "inf"), ("--learning-rate", "nan"),
-                                         ("--learning-rate", "0"), ("--dropout", "1.5"), ("--dropout", "nan")])
-def test_float_flags_must_be_finite_and_in_range(slim_t7, tiny_records, tmp_path, flag, value):
-    proc = run("train", "-w", slim_t7, "-i", tiny_records, "-o", tmp_path / "m.keras", flag, value)
+def test_float_flags_must_be_finite_and_in_range(slim_t7, tiny_records, tmp_path):
+    proc = run("train", "-w", slim_t7, "-i", tiny_records, "-o", tmp_path / "m.keras", "--learning-rate", "inf")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert f"argument {flag}: must be a finite number" in proc.stderr.strip().splitlines()[-1]
+    assert "argument --learning-rate: must be a finite number in (0, inf), got inf" in proc.stderr.splitlines()[-1]
     assert not os.listdir(tmp_path)
+    import cli
+
+    parser = cli.build_parser()
+    base = ["train", "-w", "w.t7", "-i", "r", "-o", "m.keras"]
+    for flag, value in (("--learning-rate", "nan"), ("--learning-rate", "0"), ("--learning-rate", "-1e-3"),
+                        ("--dropout", "1"), ("--dropout", "nan"), ("--dropout", "-inf")):
+        with pytest.raises(SystemExit) as caught:
+            parser.parse_args([*base, flag, value])
+        assert caught.value.code == 2
+    assert parser.parse_args([*base, "--learning-rate", "1e-4", "--dropout", "0"]).learning_rate == 1e-4
 
 
 def test_train_config_refuses_non_finite_numbers(slim_t7, tiny_records, tmp_path):
@@ -444,7 +470,7 @@ def test_a_model_with_nan_weights_is_refused_by_classify_and_evaluate(small_mode
     broken = tmp_path / "nan.keras"
     model.save(broken)
     refused(run("classify", "-m", broken, "-i", an_image(tiny_root)), "non-finite weight", "retrain")
-    refused(run("evaluate", "-m", broken, "-i", tiny_records, "--report-dir", tmp_path / "r"), "non-finite")
+    refused(main("evaluate", "-m", broken, "-i", tiny_records, "--report-dir", tmp_path / "r"), "non-finite")
     assert not (tmp_path / "r").exists()
 
 
@@ -475,21 +501,28 @@ def test_sigkilled_preprocess_leaves_nothing_after_the_next_run(tiny_root, tmp_p
                              *IN_MEMORY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and any(n.startswith(".tmp-") for n in os.listdir(out)):
+        if out.exists() and any(n.startswith(".tmp-") and os.path.exists(out / n / "plan.json")
+                                for n in os.listdir(out)):
             break
         time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed mid-way"
     proc.kill()
     proc.wait()
+    assert [n for n in os.listdir(out) if n.startswith(".tmp-")]      # what the kill left behind
     second = preprocess(tiny_root, out, "--overwrite")
     assert second.returncode == 0, second.stderr
+    assert "temp folder(s) that killed runs left" in second.stdout
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
     assert manifest_of(out)["written"] == 18
 
 
 # ----------------------------------------------------------------------------- 8. disk full
 _ENOSPC_RUNNER = """
-import errno, os, runpy, sys
+import errno, logging, os, runpy, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))   # the worktree's cli.py and packages
+logging.disable(logging.WARNING)   # Beam's import-time notice; cli.py filters it once it runs
 from apache_beam.io import localfilesystem
+logging.disable(logging.NOTSET)
 
 original = localfilesystem.LocalFileSystem._path_open
 
