@@ -288,7 +288,7 @@ def _records_to_blame(records_dir: str, split: str) -> Iterator[None]:
     pipeline.reader.records_error) becomes one DataError line naming the shard; others propagate."""
     import tensorflow as tf
 
-    from pipeline.reader import records_error
+    from pipeline.shard_check import records_error
 
     try:
         yield

@@ -13,6 +13,7 @@ written to for STALE_REMOTE_SECONDS.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -24,6 +25,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.decode import MAX_IMAGE_BYTES, file_kind, read_bytes
+from pipeline.errors import DataError
 
 TMP_PREFIX = ".tmp-"
 LOCK_NAME = "lock"
@@ -34,6 +36,8 @@ STALE_REMOTE_SECONDS = 3600
 # and its lock) is only taken for stale after this long.
 UNLOCKED_GRACE_SECONDS = 60
 DANGLING_REASON = "dangling symbolic link (its target does not exist)"
+# Write errors that mean "this output location cannot take the records" (not a bug): one line.
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO)
 
 
 def is_remote(path: str) -> bool:
@@ -237,3 +241,36 @@ def remove_stale_temp_folders(out: str) -> tuple[list[str], int, list[str]]:
         removed.append(name)
         freed += size
     return removed, freed, busy
+
+
+# ------------------------------------------------------------------ output errors
+def output_error(where: str, err: Exception) -> DataError:
+    """One line for an output location that cannot take the records (disk full, permissions...)."""
+    detail = getattr(err, "strerror", None) or getattr(err, "exception_details", None) or err
+    return DataError(f"cannot write into {where}: {detail}; nothing was replaced (free space or fix the "
+                     f"folder's permissions, or choose another -o)")
+
+
+def check_free_space(out: str, need: int, what: str) -> None:
+    """A local OUT must have room for `need` bytes (the new records, next to the old ones, which
+    are replaced only at the end): found before any image is decoded."""
+    if is_remote(out):
+        return
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise DataError(f"{out} has {free / 2**20:,.1f} MiB free but {what} need about {need / 2**20:,.1f} MiB; "
+                        f"free space or choose another -o (nothing was written)")
+
+
+def pipeline_failure(err: BaseException, out: str) -> BaseException:
+    """A worker that could not even report its write error (the disk still full) fails the
+    pipeline, and Beam hands back its error as text: such an error becomes one DataError line;
+    any other failure is a bug and keeps its traceback."""
+    text = str(err)
+    for code in OUTPUT_ERRNOS:
+        if f"[Errno {code}]" in text:
+            return output_error(out, OSError(code, os.strerror(code)))
+    return err

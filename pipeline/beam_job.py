@@ -22,13 +22,11 @@ record encoding is deterministic protobuf serialization.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
 import os
 import re
-import shutil
 import socket
 import threading
 import time
@@ -51,7 +49,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipeline import beam_files
-from pipeline.beam_files import TempFolder, read_file, remove_stale_temp_folders
+from pipeline.beam_files import (OUTPUT_ERRNOS, TempFolder, check_free_space, output_error, pipeline_failure,
+                                 read_file, remove_stale_temp_folders)
 from pipeline.decode import DecodeError, decode_image, read_error_reason
 from pipeline.discover import Discovery, discover
 from pipeline.errors import DataError
@@ -76,8 +75,6 @@ _OUTPUT_NAMES = (MANIFEST_NAME, REJECTS_NAME)
 # Bytes a record adds to its pixels (protobuf fields, the path, TFRecord framing), for the
 # free-space check; generous (a path of 200 characters and the framing are about 260 bytes).
 RECORD_OVERHEAD_BYTES = 512
-# Write errors that mean "this output location cannot take the records" (not a bug): one line.
-_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO)
 
 
 @dataclass
@@ -153,7 +150,7 @@ class WriteShard(beam.DoFn):
         except OSError as err:
             # The output location cannot take the records (disk full, quota, read-only...): not a
             # bug, so no retry and no traceback from every worker; the launcher says it in one line.
-            if not isinstance(err, BeamIOError) and err.errno not in _OUTPUT_ERRNOS:
+            if not isinstance(err, BeamIOError) and err.errno not in OUTPUT_ERRNOS:
                 raise
             beam_files.delete_files([FileSystems.join(self.tmp, name)])   # frees the space it took
             summary.update(written=0, by_label={}, by_age={}, rejects=[],
@@ -283,33 +280,12 @@ def _existing_outputs(out: str) -> list[str]:
             if name in _OUTPUT_NAMES or _SHARD_FILE.match(name)]
 
 
-def _output_error(where: str, err: Exception) -> DataError:
-    detail = getattr(err, "strerror", None) or getattr(err, "exception_details", None) or err
-    return DataError(f"cannot write into {where}: {detail}; nothing was replaced (free space or fix the "
-                     f"folder's permissions, or choose another -o)")
-
-
 def _write_launcher_file(out: str, path: str, data: bytes) -> None:
     """A file the launcher writes into the temp folder: an unwritable OUT is one clear error."""
     try:
         beam_files.write_file(path, data)
     except Exception as err:  # noqa: BLE001 - permission denied, read-only file system, disk full, bad bucket...
-        raise _output_error(out, err) from None
-
-
-def _check_free_space(out: str, total: int, image_size: int) -> None:
-    """A local OUT must have room for the new records next to the old ones (which are replaced
-    only at the end), found before any image is decoded."""
-    if beam_files.is_remote(out):
-        return
-    existing = os.path.abspath(out)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    need = total * (image_size * image_size * CHANNELS + RECORD_OVERHEAD_BYTES)
-    free = shutil.disk_usage(existing).free
-    if need > free:
-        raise DataError(f"{out} has {free / 2**20:,.1f} MiB free but the {total} records need about "
-                        f"{need / 2**20:,.1f} MiB; free space or choose another -o (nothing was written)")
+        raise output_error(out, err) from None
 
 
 def _read_json_files(folder: str) -> dict[str, dict]:
@@ -381,7 +357,8 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
                     for split, n in sorted(per_split.items())}
     plan = _plan(discovery, shard_counts)
     total = len(discovery.candidates)
-    _check_free_space(out, total, image_size)
+    check_free_space(out, total * (image_size * image_size * CHANNELS + RECORD_OVERHEAD_BYTES),
+                     f"the {total} records")
 
     temp = TempFolder(out)
     tmp = temp.path
@@ -389,7 +366,7 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
         try:
             temp.lock()
         except OSError as err:
-            raise _output_error(out, err) from None
+            raise output_error(out, err) from None
         plan_summary = {"root": root, "layout": discovery.layout, "files": total, "shards": shard_counts}
         _write_launcher_file(out, FileSystems.join(tmp, "plan.json"),
                              json.dumps(plan_summary, sort_keys=True).encode("utf-8"))
@@ -424,17 +401,6 @@ def _files_per_worker(summaries: dict[str, dict]) -> list[int]:
     return sorted(per_worker.values(), reverse=True)
 
 
-def _pipeline_failure(err: BaseException, tmp: str) -> BaseException:
-    """A worker that could not even report its write error (the disk still full) fails the
-    pipeline; Beam hands back its error as text. Such an error becomes one DataError line; any
-    other failure is a bug and keeps its traceback."""
-    text = str(err)
-    for code in _OUTPUT_ERRNOS:
-        if f"[Errno {code}]" in text:
-            return _output_error(tmp.rsplit("/", 1)[0], OSError(code, os.strerror(code)))
-    return err
-
-
 def _run_pipeline(plan, root, tmp, image_size, options, local, total, start, progress):
     """Run the Beam pipeline in a background thread while this thread reports progress."""
     pipeline = beam.Pipeline(runner=_local_runner(options) if local else None, options=options)
@@ -466,7 +432,7 @@ def _run_pipeline(plan, root, tmp, image_size, options, local, total, start, pro
             done = min(total, sum(int(b.get("done", 0)) for b in beats.values()))
             progress({"done": done, "total": total, "rate": done / max(time.monotonic() - start, 1e-9)})
     if "error" in outcome:
-        raise _pipeline_failure(outcome["error"], tmp)
+        raise pipeline_failure(outcome["error"], tmp.rsplit("/", 1)[0])
     result = outcome["result"]
     counters = None
     try:

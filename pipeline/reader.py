@@ -17,7 +17,7 @@ Records are a contract checked on read: every shard file must hold exactly the r
 says (`tf.data.experimental.assert_cardinality` on each file's stream, inside the interleave, so the
 check holds whatever comes after it: file or record sharding across input pipelines, shuffling,
 skip, drop_remainder, the RAM cache); a short, long or corrupt shard fails the iteration, and
-`records_error` turns that failure into one line naming the shard.
+`pipeline.shard_check.records_error` turns that failure into one line naming the shard.
 """
 from __future__ import annotations
 
@@ -75,14 +75,16 @@ def parse_record(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]
     }
 
 
-def _as_split_list(split: str | Sequence[str]) -> list[str]:
+def as_split_list(split: str | Sequence[str]) -> list[str]:
+    """A split name or a list of them, as a non-empty list."""
     splits = [split] if isinstance(split, str) else list(split)
     if not splits:
         raise DataError("no split given; name at least one split (e.g. train)")
     return splits
 
 
-def _check_splits(records_dir: str, manifest: Manifest, splits: list[str]) -> None:
+def check_splits(records_dir: str, manifest: Manifest, splits: list[str]) -> None:
+    """DataError unless every split is in the manifest and together they hold records."""
     available = sorted(manifest.splits)
     for name in splits:
         if name not in manifest.splits:
@@ -91,7 +93,8 @@ def _check_splits(records_dir: str, manifest: Manifest, splits: list[str]) -> No
         raise DataError(f"split {'+'.join(splits)} of {records_dir} holds no records")
 
 
-def _rerun(records_dir: str, manifest: Manifest | None = None) -> str:
+def rerun_hint(records_dir: str, manifest: Manifest | None = None) -> str:
+    """What to do about damaged records: rewrite them from their source."""
     root = manifest.source_root if manifest is not None else "ROOT"
     return f"rerun `python cli.py preprocess -i {root} -o {records_dir} --overwrite`"
 
@@ -113,7 +116,7 @@ def _shard_paths(records_dir: str, manifest: Manifest, splits: list[str]) -> Sha
             path = join(records_dir, shard)
             if not files.exists(path):
                 raise DataError(f"shard {path} listed in the manifest is missing; the records directory is "
-                                f"incomplete: {_rerun(records_dir, manifest)}")
+                                f"incomplete: {rerun_hint(records_dir, manifest)}")
             paths.append(path)
         counts = None if counts is None or info.shard_counts is None else counts + list(info.shard_counts)
     return Shards(paths, counts, sum(manifest.splits[name].count for name in splits))
@@ -121,9 +124,9 @@ def _shard_paths(records_dir: str, manifest: Manifest, splits: list[str]) -> Sha
 
 def describe_dataset(records_dir: str, split: str | Sequence[str], image_size: int | None = None) -> dict:
     """Count, shards and the RAM the high memory mode needs (count x S x S x 3 bytes, before caching)."""
-    splits = _as_split_list(split)
+    splits = as_split_list(split)
     manifest = load_manifest(records_dir, image_size)
-    _check_splits(records_dir, manifest, splits)
+    check_splits(records_dir, manifest, splits)
     count = sum(manifest.splits[name].count for name in splits)
     by_label: dict[str, int] = {}
     for name in splits:
@@ -258,9 +261,9 @@ def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, 
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if skip < 0:
         raise ValueError(f"skip must be >= 0, got {skip}")
-    splits = _as_split_list(split)
+    splits = as_split_list(split)
     manifest = load_manifest(records_dir, image_size)
-    _check_splits(records_dir, manifest, splits)
+    check_splits(records_dir, manifest, splits)
     shards = _shard_paths(records_dir, manifest, splits)
     size = manifest.image_size
     num_pipelines, pipeline_id = _pipeline_position(input_context)
@@ -308,60 +311,3 @@ def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, 
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
-# ------------------------------------------------------------------ finding a bad shard
-def _shard_problem(path: str, expected: int | None, image_size: int) -> tuple[int, str | None]:
-    """(records read, what is wrong or None): every record of one shard read and parsed."""
-    if not files.exists(path):
-        return 0, "is missing"
-    ds = tf.data.TFRecordDataset(path).batch(PARSE_CHUNK).map(
-        lambda s: tf.shape(parse_record(s, image_size)["image"], out_type=tf.int64)[0])
-    try:
-        n = int(ds.reduce(tf.constant(0, tf.int64), lambda total, k: total + k))
-    except tf.errors.OpError as err:
-        detail = (err.message or type(err).__name__).strip().splitlines()[0][:200]
-        return 0, f"is corrupt ({detail})"
-    if expected is not None and n != expected:
-        return n, f"holds {n} records but the manifest says {expected}"
-    return n, None
-
-
-def find_corrupt_shard(records_dir: str, splits: str | Sequence[str]) -> tuple[str, str] | None:
-    """(shard path, what is wrong) for the first shard of the splits that is missing, corrupt (a
-    damaged or truncated record, a record that does not parse or has another image size) or holds
-    another number of records than the manifest says; None when every shard reads as promised.
-    A manifest without per-shard counts (older preprocess) can only tell a split's total: then the
-    path is the records folder. Reads every record of the splits: for diagnosing a failure, not for
-    the hot path."""
-    splits = _as_split_list(splits)
-    manifest = load_manifest(records_dir)
-    _check_splits(records_dir, manifest, splits)
-    for split in splits:
-        info = manifest.splits[split]
-        counts = info.shard_counts or [None] * len(info.shards)
-        read = 0
-        for name, expected in zip(info.shards, counts):
-            n, problem = _shard_problem(join(records_dir, name), expected, manifest.image_size)
-            if problem is not None:
-                return join(records_dir, name), problem
-            read += n
-        if read != info.count:
-            return records_dir, f"split {split} holds {read} records in its shards but the manifest says {info.count}"
-    return None
-
-
-def records_error(err: Exception, records_dir: str, splits: str | Sequence[str]) -> DataError | None:
-    """The one-line DataError for a failure while iterating a dataset of these splits, naming the
-    shard and what to do, when the records are to blame (find_corrupt_shard finds a bad shard);
-    None otherwise (the caller re-raises `err`). Catch tf.errors.OpError around the iteration."""
-    try:
-        found = find_corrupt_shard(records_dir, splits)
-        manifest = load_manifest(records_dir)
-    except DataError as problem:
-        return problem
-    if found is None:
-        return None
-    path, problem = found
-    where = f"{path}:" if path == records_dir else f"shard {path}"
-    return DataError(f"{where} {problem}: the records are damaged; {_rerun(records_dir, manifest)}")

@@ -317,7 +317,8 @@ def test_reader_refuses_a_short_shard_whatever_consumes_it(records, case):
     sharding) and the RAM cache: the count check must hold in each."""
     import tensorflow as tf
 
-    from pipeline.reader import clear_memory_cache, make_dataset, records_error
+    from pipeline.reader import clear_memory_cache, make_dataset
+    from pipeline.shard_check import records_error
 
     shard = _short_first_shard(records)
     kwargs = {"drop_remainder+skip": dict(drop_remainder=True, skip=3, shuffle=True),
@@ -342,7 +343,8 @@ def test_reader_refuses_a_short_shard_whatever_consumes_it(records, case):
 def test_reader_reads_intact_records_in_every_mode(tiny_records):
     import tensorflow as tf
 
-    from pipeline.reader import clear_memory_cache, find_corrupt_shard, make_dataset
+    from pipeline.reader import clear_memory_cache, make_dataset
+    from pipeline.shard_check import find_corrupt_shard
 
     counts = {}
     for name, kwargs in {"one": {}, "files": dict(input_context=tf.distribute.InputContext(2, 1, 2)),
