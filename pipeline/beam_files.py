@@ -91,10 +91,8 @@ def list_tree(folder: str) -> Listing:
     """Every entry below `folder`, recursively, names taken literally; symlinked folders are not
     followed but reported in `unlistable` (their files would otherwise be silently missed)."""
     if is_remote(folder):
-        try:
-            metas = FileSystems.match([f"{escape_glob(folder.rstrip('/'))}/**"])[0].metadata_list
-        except Exception:  # noqa: BLE001 - an empty or missing prefix holds nothing
-            metas = []
+        # (A listing error propagates: discovery turns it into one line with its cause.)
+        metas = FileSystems.match([f"{escape_glob(folder.rstrip('/'))}/**"])[0].metadata_list
         return Listing(sorted(m.path for m in metas), [], [])
     listing = Listing([], [], [])
     errors: list[OSError] = []
