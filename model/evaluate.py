@@ -285,7 +285,7 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
 @contextmanager
 def _records_to_blame(records_dir: str, split: str) -> Iterator[None]:
     """A failure while reading the split that a bad shard explains (corrupt, short or long: see
-    pipeline.reader.records_error) becomes one DataError line naming the shard; others propagate."""
+    pipeline.shard_check.records_error) becomes one DataError line naming the shard; others propagate."""
     import tensorflow as tf
 
     from pipeline.shard_check import records_error
