@@ -21,6 +21,32 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+def _float_in(low: float, high: float = float("inf"), low_open: bool = False, high_open: bool = True):
+    """An argparse type: a finite float in the interval (inf and nan are refused by the parser)."""
+    import math
+
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if (not math.isfinite(value) or value < low or (low_open and value == low) or value > high
+                or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text}")
+        return value
+
+    return parse
+
+
+def _check_outputs(outputs, inputs) -> None:
+    """Outputs vs inputs before any work (pipeline/outputs.py): DataError -> one line, exit 2."""
+    from pipeline.outputs import check_outputs
+
+    check_outputs(outputs, inputs)
+
+
 # ---------------------------------------------------------------- convert (issue: foundation)
 def add_convert_parser(sub) -> None:
     p = sub.add_parser("convert", help="convert VGG_FACE.t7 to a Keras .keras model")
@@ -32,6 +58,7 @@ def add_convert_parser(sub) -> None:
 def cmd_convert(args) -> int:
     from model.backbone import convert_t7_to_keras
 
+    _check_outputs([(args.output, "file", "-o")], [(args.weights, "-w")])
     print(f"reading {args.weights} …", flush=True)
     summary = convert_t7_to_keras(args.weights, args.output)
     w = summary.widths
@@ -78,6 +105,7 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
 
     from pipeline.beam_job import run_preprocess
 
+    _check_outputs([(args.output, "dir", "-o")], [(args.input, "-i")])
     bars = []   # created at the first report, once the total is known
 
     def progress(p: dict) -> None:
@@ -120,6 +148,11 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
               f"the protocol, not written; listed in manifest.json under unlisted_files)")
     if s.replaced:
         print(f"  replaced {len(s.replaced)} files of the previous output")
+    if s.stale_removed:
+        print(f"  removed {len(s.stale_removed)} temp folder(s) that killed runs left in {s.out} "
+              f"({s.stale_bytes / 2**20:,.1f} MiB): {', '.join(s.stale_removed)}")
+    if s.busy_temp:
+        print(f"  left {', '.join(s.busy_temp)} alone: another preprocess is writing into {s.out} right now")
     return 0
 
 
@@ -160,7 +193,7 @@ def add_train_parser(sub) -> None:
                    help=f"training images the standardization statistics come from (default {DEFAULT_STATS_IMAGES})")
     p.add_argument("--dense-units", type=int, default=DEFAULT_DENSE_UNITS,
                    help=f"units of the head's hidden layer (default {DEFAULT_DENSE_UNITS})")
-    p.add_argument("--dropout", type=float, default=DEFAULT_DROPOUT, help=f"head dropout (default {DEFAULT_DROPOUT})")
+    p.add_argument("--dropout", type=_float_in(0.0, 1.0), default=DEFAULT_DROPOUT, help=f"head dropout (default {DEFAULT_DROPOUT})")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 on GPUs of compute capability >= 8.0, fp16 on 7.x, float32 on CPU")
     p.add_argument("--strategy", choices=STRATEGIES, default="auto",
@@ -169,7 +202,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY,
                    help=f"save a checkpoint every this many steps, and at each epoch end "
                         f"(default {DEFAULT_CHECKPOINT_EVERY})")
-    p.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
+    p.add_argument("--learning-rate", type=_float_in(0.0, low_open=True), default=DEFAULT_LEARNING_RATE,
                    help=f"Adam learning rate (default {DEFAULT_LEARNING_RATE:g})")
     p.add_argument("--seed", type=int, default=0, help="seed of the head's initialization, dropout, "
                                                         "shuffling and augmentation (default 0)")
@@ -435,6 +468,8 @@ def cmd_evaluate(args) -> int:
     from model.evaluate import evaluate
     from model.report import default_report_dir, summary_lines, write_report
 
+    _check_outputs([(args.report_dir or default_report_dir(args.model), "dir", "--report-dir")],
+                   [(args.model, "-m"), (args.input, "-i")])
     if args.folds:
         return _evaluate_folds(args)
     evaluation = evaluate(args.model, args.input, split=args.split or "valid", batch_size=args.batch_size,
@@ -526,6 +561,11 @@ def cmd_classify(args) -> int:
     from model.classify_inputs import Inputs
     from model.classify_output import RowWriter, summary_line
 
+    outputs = [(args.output, "file", "-o")] if args.output else []
+    if args.annotate:
+        outputs.append((args.annotate, "dir", "--annotate"))
+    if outputs:
+        _check_outputs(outputs, [(args.model, "-m"), *((p, "-i") for p in args.input)])
     model = load_classifier(args.model)
     inputs = Inputs(args.input)
     if args.annotate:

@@ -177,4 +177,18 @@ def load_classifier(path: str) -> keras.Model:
         shapes = ", ".join(str(tuple(o.shape)) for o in loaded.outputs)
         raise ModelError(f"{path} is not a gender classifier (outputs {shapes}, no one-unit "
                          f"'{OUTPUT_LAYER}' output); train one with `python cli.py train`")
+    check_finite_weights(loaded, path)
     return loaded
+
+
+def check_finite_weights(model: keras.Model, path: str) -> None:
+    """ModelError when a weight is NaN or infinite (e.g. a model saved after training diverged):
+    every score it gives would be meaningless."""
+    import numpy as np
+
+    for variable in model.weights:
+        values = np.asarray(variable.numpy())
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            bad = int(values.size - np.isfinite(values).sum())
+            raise ModelError(f"{path} holds {bad} non-finite weight(s) (NaN or infinity) in {variable.path}: "
+                             f"its training diverged; retrain it (e.g. with a lower --learning-rate)")

@@ -105,7 +105,7 @@ class Inputs:
 
     def _expand(self, path: str, seen: _Seen, allow_list: bool) -> Iterator[Entry]:
         if is_remote(path):
-            # Remote (gs://, s3://) paths are read through Beam's FileSystems when decoded.
+            # Remote (gs://) paths are read through tf.io.gfile when decoded.
             yield from self._file(path, seen)
         elif os.path.isdir(path):
             yield from self._search(path, seen)

@@ -45,6 +45,7 @@ from model.distribute import TaskInfo, precision, select_precision, select_strat
 from model.errors import ModelError
 from pipeline.errors import DataError
 from pipeline.folds import FOLD_SPLITS, N_FOLDS, fold_split
+from pipeline.outputs import DIR, FILE, check_outputs
 from pipeline.schema import LAYOUT_FOLDS, MEMORY_MODES
 
 MAX_CHECKPOINTS_KEPT = 3
@@ -148,7 +149,10 @@ def _check_config(config: TrainConfig) -> None:
         (config.batch_size >= 1, f"-b1/--batch-size must be at least 1, got {config.batch_size}"),
         (config.valid_batch_size >= 1, f"-b2/--valid-batch-size must be at least 1, got {config.valid_batch_size}"),
         (config.memory in MEMORY_MODES, f"-m/--memory must be low or high, got {config.memory!r}"),
-        (config.learning_rate > 0, f"--learning-rate must be positive, got {config.learning_rate}"),
+        (math.isfinite(config.learning_rate) and config.learning_rate > 0,
+         f"--learning-rate must be a finite positive number, got {config.learning_rate}"),
+        (math.isfinite(config.dropout) and 0.0 <= config.dropout < 1.0,
+         f"--dropout must be a finite number in [0, 1), got {config.dropout}"),
         (config.checkpoint_every_steps >= 1,
          f"--checkpoint-every must be at least 1 step, got {config.checkpoint_every_steps}"),
         (config.strategy in STRATEGIES, f"unknown strategy {config.strategy!r}; choose one of {', '.join(STRATEGIES)}"),
@@ -161,6 +165,12 @@ def _check_config(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ModelError(message)
+    # Before any work: no output may overwrite or sit inside an input, and each must be writable.
+    paths = output_paths(config)
+    check_outputs([(paths["output"], FILE, "-o"), (paths["savedmodel"], DIR, "the SavedModel export"),
+                   (paths["history_csv"], FILE, "the history CSV"), (paths["log_dir"], DIR, "--log-dir"),
+                   (paths["checkpoint_dir"], DIR, "--checkpoint-dir")],
+                  [(config.weights, "-w"), (config.records, "-i")])
 
 
 def training_splits(records: str, val_fold: int | None) -> tuple[list[str], list[str]]:

@@ -5,12 +5,13 @@ Pillow does the work (JPEG, PNG, GIF, BMP, TIFF, WebP, ... whatever the installe
 """
 from __future__ import annotations
 
+import errno
 import io
-from typing import Callable, TypeVar
+import os
+import stat
+from typing import BinaryIO, Callable, TypeVar
 
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import DataError
@@ -22,6 +23,12 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Decompression-bomb guard: Pillow only warns between its limit and twice its limit; we reject
 # everything above its limit (about 89 Mpixels; Adience faces are 816×816 = 0.67 Mpixels).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+# The most bytes read from one image file. Adience's faces are 816x816 JPEGs of 100-300 KB and a
+# 50-megapixel camera JPEG is about 25 MB; 64 MiB is well above any face photo, and it bounds the
+# memory a reader holds per file (a Beam worker one file at a time, `classify` one per decoding
+# thread) whatever a path points to: a huge file, or a link to an endless stream.
+MAX_IMAGE_BYTES = 64 * 2**20
 
 # Transparent areas are composited on white (what a viewer shows on a page) rather than dropped
 # with convert("RGB"), which exposes whatever colour the encoder left under alpha = 0.
@@ -156,20 +163,79 @@ def decode_photo(data: bytes) -> Image.Image:
     return rgb
 
 
-def read_bytes(path: str) -> bytes:
-    """The raw bytes of a local or gs:// / s3:// file, through Beam's FileSystems."""
-    # UNCOMPRESSED: never let a file name ending in .gz/.bz2 trigger transparent decompression.
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return f.read()
+class UnreadableFile(OSError):
+    """A path that is not a regular file, or larger than the cap; `strerror` says which."""
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular st_mode is, in words."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def check_regular(path: str, st: os.stat_result, max_bytes: int) -> None:
+    """UnreadableFile unless st is a regular file of at most max_bytes."""
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableFile(errno.EINVAL, f"not a regular file ({file_kind(st.st_mode)})", path)
+    if st.st_size > max_bytes:
+        raise UnreadableFile(errno.EFBIG, f"file of {st.st_size:,} bytes, over the {max_bytes // 2**20} MiB "
+                                          f"cap per image", path)
+
+
+def _read_local(path: str, max_bytes: int) -> bytes:
+    # stat first: never open a device or FIFO at all (opening one may block or have effects); then
+    # open without blocking and check the opened file again, in case the path changed in between.
+    check_regular(path, os.stat(path), max_bytes)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        check_regular(path, os.fstat(f.fileno()), max_bytes)
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnreadableFile(errno.EFBIG, f"file over the {max_bytes // 2**20} MiB cap per image", path)
+    return data
+
+
+def _open_with_gfile(path: str) -> BinaryIO:
+    from pipeline.files import open_read
+
+    return open_read(path)
+
+
+def read_bytes(path: str, max_bytes: int = MAX_IMAGE_BYTES,
+               opener: Callable[[str], BinaryIO] | None = None) -> bytes:
+    """The raw bytes of a file, at most max_bytes (OSError, UnreadableFile for the refusals).
+
+    Local paths: regular files only (a FIFO, device or socket, also behind a symbolic link, is
+    refused without blocking). Remote paths (gs://, ...) go through `opener` (default tf.io.gfile;
+    the Beam job passes Beam's FileSystems, so its workers do not import TensorFlow).
+    """
+    if "://" not in path:
+        return _read_local(path, max_bytes)
+    with (opener or _open_with_gfile)(path) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnreadableFile(errno.EFBIG, f"file over the {max_bytes // 2**20} MiB cap per image", path)
+    return data
+
+
+def read_error_reason(err: Exception) -> str:
+    """The reject reason of a file that could not be read."""
+    if isinstance(err, UnreadableFile):
+        return err.strerror
+    cause = (err.strerror if isinstance(err, OSError) and err.strerror
+             else getattr(err, "exception_details", None) or err)
+    return f"cannot read file ({cause})"
 
 
 def load_decoded(path: str, decode: Callable[[bytes], T]) -> T:
-    """Read a file (any Beam file system) and decode its bytes; DecodeError names the path."""
+    """Read a file (local, or remote through tf.io.gfile) and decode its bytes; DecodeError names the path."""
     try:
         data = read_bytes(path)
     except Exception as err:  # noqa: BLE001 - missing/unreadable file: one clear line
-        cause = getattr(err, "exception_details", None) or err
-        raise DecodeError(f"cannot read file ({cause})", path) from None
+        raise DecodeError(read_error_reason(err), path) from None
     try:
         return decode(data)
     except DecodeError as err:
@@ -177,10 +243,10 @@ def load_decoded(path: str, decode: Callable[[bytes], T]) -> T:
 
 
 def load_image(path: str, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
-    """Read a file (any Beam file system) and decode it with decode_image; DecodeError names the path."""
+    """Read a file (local, or remote through tf.io.gfile) and decode it with decode_image; DecodeError names the path."""
     return load_decoded(path, lambda data: decode_image(data, size))
 
 
 def load_photo(path: str) -> Image.Image:
-    """Read a file (any Beam file system) and decode it with decode_photo; DecodeError names the path."""
+    """Read a file (local, or remote through tf.io.gfile) and decode it with decode_photo; DecodeError names the path."""
     return load_decoded(path, decode_photo)
