@@ -24,6 +24,32 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
+def _float_in(low: float, high: float = float("inf"), low_open: bool = False, high_open: bool = True):
+    """An argparse type: a finite float in the interval (inf and nan are refused by the parser)."""
+    import math
+
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if (not math.isfinite(value) or value < low or (low_open and value == low) or value > high
+                or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text}")
+        return value
+
+    return parse
+
+
+def _check_outputs(outputs, inputs) -> None:
+    """Outputs vs inputs before any work (pipeline/outputs.py): DataError -> one line, exit 2."""
+    from pipeline.outputs import check_outputs
+
+    check_outputs(outputs, inputs)
+
+
 # ---------------------------------------------------------------- convert (issue: foundation)
 def add_convert_parser(sub) -> None:
     p = sub.add_parser("convert", help="convert VGG_FACE.t7 to a Keras .keras model")
@@ -35,6 +61,7 @@ def add_convert_parser(sub) -> None:
 def cmd_convert(args) -> int:
     from model.backbone import convert_t7_to_keras
 
+    _check_outputs([(args.output, "file", "-o")], [(args.weights, "-w")])
     print(f"reading {args.weights} …", flush=True)
     summary = convert_t7_to_keras(args.weights, args.output)
     w = summary.widths
@@ -81,6 +108,7 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
 
     from pipeline.beam_job import run_preprocess
 
+    _check_outputs([(args.output, "dir", "-o")], [(args.input, "-i")])
     bars = []   # created at the first report, once the total is known
 
     def progress(p: dict) -> None:
@@ -123,13 +151,19 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
               f"the protocol, not written; listed in manifest.json under unlisted_files)")
     if s.replaced:
         print(f"  replaced {len(s.replaced)} files of the previous output")
+    if s.stale_removed:
+        print(f"  removed {len(s.stale_removed)} temp folder(s) that killed runs left in {s.out} "
+              f"({s.stale_bytes / 2**20:,.1f} MiB): {', '.join(s.stale_removed)}")
+    if s.busy_temp:
+        print(f"  left {', '.join(s.busy_temp)} alone: another preprocess is writing into {s.out} right now")
     return 0
 
 
 # ---------------------------------------------------------------- train
 def add_train_parser(sub) -> None:
     from model.defaults import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT,
-                                DEFAULT_FREEZE_THROUGH, DEFAULT_LEARNING_RATE, PRECISIONS, STRATEGIES)
+                                DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_LEARNING_RATE, DEFAULT_STATS_IMAGES,
+                                HEADS, PRECISIONS, STRATEGIES)
 
     p = sub.add_parser(
         "train", help="train the gender classifier on preprocessed records",
@@ -153,9 +187,16 @@ def add_train_parser(sub) -> None:
                    help=f"VGG-Face layer the head sits on (default {DEFAULT_CUT_LAYER})")
     p.add_argument("--freeze-through", default=DEFAULT_FREEZE_THROUGH,
                    help=f"layers up to this one are not trained (default {DEFAULT_FREEZE_THROUGH}; 'none')")
+    p.add_argument("--head", choices=HEADS, default=DEFAULT_HEAD,
+                   help="standardized (default): the cut layer's features standardized per channel with "
+                        "training-image statistics saved in the model, then Dropout, Flatten, Dense(relu), "
+                        "Dense(sigmoid) — trains on VGG-Face's real feature scale; original: the seed's head "
+                        "(Dropout, Flatten, linear Dense, Dense(sigmoid)) on the raw features")
+    p.add_argument("--stats-images", type=int, default=DEFAULT_STATS_IMAGES,
+                   help=f"training images the standardization statistics come from (default {DEFAULT_STATS_IMAGES})")
     p.add_argument("--dense-units", type=int, default=DEFAULT_DENSE_UNITS,
                    help=f"units of the head's hidden layer (default {DEFAULT_DENSE_UNITS})")
-    p.add_argument("--dropout", type=float, default=DEFAULT_DROPOUT, help=f"head dropout (default {DEFAULT_DROPOUT})")
+    p.add_argument("--dropout", type=_float_in(0.0, 1.0), default=DEFAULT_DROPOUT, help=f"head dropout (default {DEFAULT_DROPOUT})")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 on GPUs of compute capability >= 8.0, fp16 on 7.x, float32 on CPU")
     p.add_argument("--strategy", choices=STRATEGIES, default="auto",
@@ -164,7 +205,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY,
                    help=f"save a checkpoint every this many steps, and at each epoch end "
                         f"(default {DEFAULT_CHECKPOINT_EVERY})")
-    p.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
+    p.add_argument("--learning-rate", type=_float_in(0.0, low_open=True), default=DEFAULT_LEARNING_RATE,
                    help=f"Adam learning rate (default {DEFAULT_LEARNING_RATE:g})")
     p.add_argument("--seed", type=int, default=0, help="seed of the head's initialization, dropout, "
                                                         "shuffling and augmentation (default 0)")
@@ -214,6 +255,11 @@ def _train_progress():
                 print("memory: low: streaming the records from disk")
             print(f"model: {e['trainable_params']:,} trainable, {e['frozen_params']:,} frozen parameters; "
                   f"Adam, learning rate {e['learning_rate']:g}; {e['epochs']} epoch(s)")
+            print(_features_line(e))
+            if e["head"] == "original" and e["feature_rms"] > ORIGINAL_HEAD_RMS_LIMIT:
+                print(f"warning: the original head trains on the raw {e['cut_layer']} features, and on features "
+                      f"this large (RMS {e['feature_rms']:.3g}) its losses are huge and its training unstable; "
+                      f"the default --head standardized trains on any scale", flush=True)
             print(f"checkpoints: {e['checkpoint_dir']}", flush=True)
         elif kind == "resume":
             if e["finished"]:
@@ -242,12 +288,35 @@ def _train_progress():
             print(f"epoch {e['epoch']}: loss {e['loss']:.4f}, accuracy {e['accuracy']:.2%} | validation "
                   f"({e['val_count']} images): loss {e['val_loss']:.4f}, accuracy {e['val_accuracy']:.2%} | "
                   f"{e['images_per_s']:,.0f} img/s, {e['seconds']:.1f} s", flush=True)
+        elif kind == "collapse":
+            close_bar()
+            advice = ("retrain with the default --head standardized" if e["head"] == "original"
+                      else "lower --learning-rate, or check the data with `python cli.py evaluate`")
+            print(f"warning: epoch {e['epoch']}: {e['reason']}: the model answers one class for everyone "
+                  f"(collapsed); {advice}", flush=True)
         elif kind == "saved":
             close_bar()
             print(f"model: {e['output']}\nTF Serving export: {e['savedmodel']}\nhistory: {e['history_csv']}\n"
                   f"TensorBoard logs: {e['log_dir']}\ncheckpoints: {e['checkpoint_dir']}", flush=True)
 
     return on_event
+
+
+# Above this feature RMS the original head's first losses run into the tens and hundreds and its
+# training turns unstable (measured, see model/defaults.py: epoch-1 loss 0.6-2.2 at RMS 0.1-0.3,
+# 7-14 at RMS 1, 30-430 at RMS 3-30).
+ORIGINAL_HEAD_RMS_LIMIT = 1.0
+
+
+def _features_line(e: dict) -> str:
+    """The set-up line saying how large the cut layer's features are, and what the head does with them."""
+    if e["stats_images"] is None:
+        source = "from the checkpoint's statistics"
+    else:
+        source = f"max {e['feature_max']:.3g}, over {e['stats_images']} training images"
+    what = ("standardized per channel inside the model" if e["head"] == "standardized"
+            else "fed raw to the original head")
+    return f"features: {e['cut_layer']} RMS {e['feature_rms']:.3g} ({source}); {what}"
 
 
 def _folds_progress():
@@ -311,7 +380,8 @@ def cmd_train(args) -> int:
         augment=args.augment, cut_layer=args.cut_layer, freeze_through=args.freeze_through,
         dense_units=args.dense_units, dropout=args.dropout, precision=args.precision, strategy=args.strategy,
         checkpoint_dir=args.checkpoint_dir, learning_rate=args.learning_rate, seed=args.seed,
-        checkpoint_every_steps=args.checkpoint_every, log_dir=args.log_dir, val_fold=args.val_fold)
+        checkpoint_every_steps=args.checkpoint_every, log_dir=args.log_dir, val_fold=args.val_fold,
+        head=args.head, stats_images=args.stats_images)
     if args.folds:
         return _train_folds(config)
     result = train(config, progress=_train_progress())
@@ -401,6 +471,8 @@ def cmd_evaluate(args) -> int:
     from model.evaluate import evaluate
     from model.report import default_report_dir, summary_lines, write_report
 
+    _check_outputs([(args.report_dir or default_report_dir(args.model), "dir", "--report-dir")],
+                   [(args.model, "-m"), (args.input, "-i")])
     if args.folds:
         return _evaluate_folds(args)
     evaluation = evaluate(args.model, args.input, split=args.split or "valid", batch_size=args.batch_size,
@@ -416,49 +488,123 @@ def cmd_evaluate(args) -> int:
 
 # ---------------------------------------------------------------- classify
 def add_classify_parser(sub) -> None:
-    p = sub.add_parser("classify", help="classify image files, folders or lists of paths",
-                       description="Classify faces as female/male. PATH: an image, a folder (searched "
-                                   "recursively for jpg jpeg png bmp gif tif tiff webp) or a text file "
-                                   "listing paths (one per line, # comments). Exit status 1 when any "
-                                   "file could not be classified (its row says why).")
+    from model.classify_output import OUTPUT_FORMATS
+    from model.classify_prepare import FACE_MODES
+    from model.detect import DEFAULT_MIN_FACE
+
+    p = sub.add_parser("classify", help="classify the faces in image files, folders or lists of paths",
+                       description="Classify faces as female/male, one row per face, written as they are "
+                                   "scored. PATH: an image, a folder (searched recursively for jpg jpeg png bmp "
+                                   "gif tif tiff webp) or a text file listing paths (one per line, # comments). "
+                                   "Exit status 1 when any file could not be classified: unreadable, or no face "
+                                   "found (its row says why).")
     p.add_argument("-m", "--model", required=True, help="trained classifier (.keras written by train)")
     p.add_argument("-i", "--input", required=True, nargs="+", metavar="PATH", help="images, folders, path lists")
-    p.add_argument("--format", choices=("table", "csv", "json"), default=None,
-                   help="output format (default: table; one image alone prints the original's line)")
+    p.add_argument("--faces", choices=FACE_MODES, default="auto",
+                   help="aligned: every file is a face crop like Adience's aligned faces, classified whole; "
+                        "detect: every file is a photo, each face in it is found, aligned like Adience's and "
+                        "classified; auto (default): files named landmark_aligned_face.* and square pictures "
+                        "whose one face already sits where Adience's aligned faces have it are crops, the "
+                        "rest photos")
+    p.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE, metavar="PIXELS",
+                   help=f"skip (and count) detected faces smaller than this on the shorter side of their box "
+                        f"(default {DEFAULT_MIN_FACE})")
+    p.add_argument("--annotate", default=None, metavar="DIR",
+                   help="also write each picture under DIR with its faces' boxes, landmarks, labels and scores "
+                        "drawn on it (paths mirrored under DIR)")
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
+                   help="output format (default: table; one image alone prints the original's line); every "
+                        "format is written row by row as faces are scored (json: one array, jsonl: one object "
+                        "per line)")
     p.add_argument("-o", "--output", default=None, help="write the rows to this file instead of stdout")
-    p.add_argument("-b", "--batch-size", type=int, default=64, help="images per model call (default 64)")
+    p.add_argument("-b", "--batch-size", type=int, default=64, help="faces per model call (default 64)")
     p.set_defaults(func=cmd_classify)
 
 
-def cmd_classify(args) -> int:
-    from model.classify import classify, familiar_block, format_rows
+def _classify_progress():
+    """A tqdm bar on stderr over files (its total arrives once the inputs are counted), faces as postfix."""
+    from tqdm import tqdm
 
-    result = classify(args.model, args.input, batch_size=args.batch_size, progress=_progress_bars("img"))
-    if result.single_image and args.format is None and args.output is None:
-        row = result.rows[0]
-        if row.error is not None:
-            print(f"error: {row.path}: {row.error}", file=sys.stderr)
-            return 1
-        print(familiar_block(row), end="")
-        return 0
-    text = format_rows(result.rows, args.format or "table")
-    if args.output:
+    bar: dict = {}
+
+    def on_event(event: dict) -> None:
+        kind = event["event"]
+        if kind == "start":
+            bar["b"] = tqdm(total=event["total"], unit="file", desc="classify", file=sys.stderr,
+                            dynamic_ncols=True, disable=None)
+        elif kind == "total" and "b" in bar:
+            bar["b"].total = event["total"]
+            bar["b"].refresh()
+        elif kind == "batch" and "b" in bar:
+            bar["b"].set_postfix(faces=event["faces"], refresh=False)
+            bar["b"].update(event["count"])
+        elif kind == "end" and "b" in bar:
+            bar.pop("b").close()
+
+    return on_event
+
+
+def _familiar_form(rows: list) -> int | None:
+    """The original's one-image form: its block for one face, one error line for a failed image;
+    None for several faces (they get the table like any run)."""
+    from model.classify_output import familiar_block
+
+    if len(rows) != 1:
+        return None
+    if rows[0].error is not None:
+        print(f"error: {rows[0].path}: {rows[0].error}", file=sys.stderr)
+        return 1
+    print(familiar_block(rows[0]), end="")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from model.classifier import load_classifier
+    from model.classify import ClassifyStream
+    from model.classify_inputs import Inputs
+    from model.classify_output import RowWriter, summary_line
+
+    outputs = [(args.output, "file", "-o")] if args.output else []
+    if args.annotate:
+        outputs.append((args.annotate, "dir", "--annotate"))
+    if outputs:
+        _check_outputs(outputs, [(args.model, "-m"), *((p, "-i") for p in args.input)])
+    model = load_classifier(args.model)
+    inputs = Inputs(args.input)
+    if args.annotate:
         try:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text)
+            os.makedirs(args.annotate, exist_ok=True)
         except OSError as err:
-            return _fail(f"cannot write {args.output} ({err.strerror or err}); pass a writable -o path")
-    else:
-        sys.stdout.write(text)
-    counts = result.counts()
-    summary = (f"classified {counts['images'] - counts['failed']} of {counts['images']} files: "
-               f"{counts.get('female', 0)} female, {counts.get('male', 0)} male, {counts['failed']} failed")
-    if result.skipped:
-        summary += f"; {result.skipped} files in the folders skipped (not an image extension)"
-    if args.output:
-        summary += f"; rows written to {args.output}"
-    print(summary, file=sys.stderr)
-    return 1 if counts["failed"] else 0
+            return _fail(f"cannot create {args.annotate} ({err.strerror or err}); pass a writable --annotate folder")
+    stream = ClassifyStream(model, inputs, faces=args.faces, min_face=args.min_face, batch_size=args.batch_size,
+                            progress=_classify_progress(), annotate_dir=args.annotate, total=inputs.count)
+    rows = iter(stream)
+    if args.format is None and args.output is None and inputs.single_image:
+        first = list(stream)          # one file: its faces
+        status = _familiar_form(first)
+        if status is not None:
+            return status
+        rows = iter(first)
+    try:
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    except OSError as err:
+        return _fail(f"cannot write {args.output} ({err.strerror or err}); pass a writable -o path")
+    writer = RowWriter(out, args.format or "table")
+    interrupted = False
+    try:
+        for row in rows:
+            writer.write([row])
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        writer.close()      # a JSON array is closed even when the run stops early: rows written stay valid
+        if out is not sys.stdout:
+            out.close()
+    print(summary_line(stream.tally, inputs.skipped, args.min_face, args.output), file=sys.stderr)
+    if interrupted:
+        print("interrupted: the rows written are complete; rerun the command to classify the rest", file=sys.stderr)
+        return 130
+    return 1 if stream.tally.failed else 0
 
 
 # ---------------------------------------------------------------- demo

@@ -1,9 +1,17 @@
 """The gender classifier: VGG-Face cut at a named layer, frozen through a named layer, plus a small head.
 
-Defaults reproduce the original: the backbone up to relu4_2 (the original's "layer 30" of VGG-Face,
-counting padding and activation layers), frozen through it, then Dropout(0.5) -> Flatten ->
-Dense(32, relu) -> Dense(1, sigmoid). Input is the backbone's: uint8 BGR pixels; the mean
-subtraction is inside the model. Output: the probability that the face is male (label 1).
+Two heads (--head; model/defaults.py says why the default is not the original):
+- "standardized" (default): cut features -> head_standardize (each channel minus its mean, over its
+  standard deviation; statistics of the training images, set once by `set_feature_statistics` at
+  the start of training and saved as the layer's weights) -> Dropout -> Flatten -> Dense(relu) ->
+  male_prob.
+- "original": the seed's head: Dropout(0.5) -> Flatten -> Dense(32) with Keras' default (linear)
+  activation -> Dense(1, sigmoid), on the raw features.
+
+Defaults otherwise follow the original: the backbone up to relu4_2 (the original's "layer 30" of
+VGG-Face, counting padding and activation layers), frozen through it. Input is the backbone's: uint8
+BGR pixels; the mean subtraction is inside the model. Output: the probability that the face is male
+(label 1). Every layer is a built-in Keras layer: a saved model loads with plain Keras.
 """
 from __future__ import annotations
 
@@ -11,16 +19,23 @@ import os
 import zipfile
 
 import keras
+import numpy as np
 
+from model.defaults import (DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT, DEFAULT_FREEZE_THROUGH,
+                            DEFAULT_HEAD, HEAD_ORIGINAL, HEAD_STANDARDIZED, HEADS)
 from model.errors import ModelError
 
 MODEL_NAME = "gender_classifier"
 OUTPUT_LAYER = "male_prob"
+STANDARDIZE_LAYER = "head_standardize"
 # The head's layer names (fixed, so checkpoints and saved models match by name).
-HEAD_LAYERS = ("head_dropout", "head_flatten", "head_dense", OUTPUT_LAYER)
-from model.defaults import DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT, DEFAULT_FREEZE_THROUGH
+HEAD_LAYERS = (STANDARDIZE_LAYER, "head_dropout", "head_flatten", "head_dense", OUTPUT_LAYER)
 # Spellings of "freeze nothing" for freeze_through.
 NO_FREEZE = (None, "", "none")
+# A channel whose variance is below this fraction of the channels' mean variance is divided by the
+# square root of that floor instead: a channel (nearly) dead on the sample but alive later must not
+# be blown up. Relative, so the standardized features do not depend on the backbone's scale.
+VARIANCE_FLOOR = 1e-2
 
 
 def backbone_layer_names(backbone: keras.Model) -> list[str]:
@@ -36,12 +51,13 @@ def _check_layer(option: str, name: str, valid: list[str]) -> int:
 
 def build_classifier(backbone: keras.Model, cut_layer: str = DEFAULT_CUT_LAYER,
                      freeze_through: str | None = DEFAULT_FREEZE_THROUGH, dense_units: int = DEFAULT_DENSE_UNITS,
-                     dropout: float = DEFAULT_DROPOUT, seed: int = 0) -> keras.Model:
+                     dropout: float = DEFAULT_DROPOUT, seed: int = 0, head: str = DEFAULT_HEAD) -> keras.Model:
     """The classifier "gender_classifier" on `backbone` (its layers are reused, not copied):
-    image uint8 BGR -> backbone up to cut_layer -> Dropout -> Flatten -> Dense(relu) -> male_prob.
+    image uint8 BGR -> backbone up to cut_layer -> the head (see the module docstring) -> male_prob.
 
     Layers up to and including freeze_through are not trainable (None or "none": nothing frozen).
-    Built under the active dtype policy, except male_prob, which stays float32.
+    Built under the active dtype policy, except male_prob, which stays float32. A standardized head
+    starts as the identity (mean 0, variance 1) until `set_feature_statistics`.
     """
     valid = backbone_layer_names(backbone)
     cut_index = _check_layer("--cut-layer", cut_layer, valid)
@@ -52,6 +68,8 @@ def build_classifier(backbone: keras.Model, cut_layer: str = DEFAULT_CUT_LAYER,
         if freeze_index > cut_index:
             raise ModelError(f"--freeze-through {freeze_through} comes after --cut-layer {cut_layer}; "
                              f"freeze a layer at or before the cut (or 'none')")
+    if head not in HEADS:
+        raise ModelError(f"unknown --head {head!r}; choose one of {', '.join(HEADS)}")
     if dense_units < 1:
         raise ModelError(f"--dense-units must be at least 1, got {dense_units}")
     if not 0.0 <= dropout < 1.0:
@@ -61,15 +79,40 @@ def build_classifier(backbone: keras.Model, cut_layer: str = DEFAULT_CUT_LAYER,
         backbone.get_layer(name).trainable = index > freeze_index
 
     x = backbone.get_layer(cut_layer).output
+    if head == HEAD_STANDARDIZED:
+        # A frozen BatchNormalization is exactly a fixed per-channel standardization: built in (a
+        # saved model loads without this project), its statistics are variables (checkpointed,
+        # saved, read at every call), and it computes in float32 under mixed precision.
+        standardize = keras.layers.BatchNormalization(center=False, scale=False, epsilon=1e-12,
+                                                      name=STANDARDIZE_LAYER)
+        standardize.trainable = False
+        x = standardize(x)
     x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
     x = keras.layers.Flatten(name="head_flatten")(x)
-    x = keras.layers.Dense(dense_units, activation="relu", name="head_dense",
-                           kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
+    x = keras.layers.Dense(dense_units, activation="relu" if head == HEAD_STANDARDIZED else None,
+                           name="head_dense", kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
     # float32 whatever the policy: a bfloat16 sigmoid has ~3 significant digits, and the loss
     # and the 0.5 threshold need the probability itself.
     prob = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_LAYER,
                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1))(x)
     return keras.Model(backbone.input, prob, name=MODEL_NAME)
+
+
+def head_of(model: keras.Model) -> str:
+    """Which head a classifier has: HEAD_STANDARDIZED or HEAD_ORIGINAL."""
+    return HEAD_STANDARDIZED if STANDARDIZE_LAYER in {layer.name for layer in model.layers} else HEAD_ORIGINAL
+
+
+def set_feature_statistics(model: keras.Model, mean: np.ndarray, variance: np.ndarray) -> None:
+    """Fix the standardized head's per-channel statistics (float64 arrays of the cut layer's width).
+
+    Variances below VARIANCE_FLOOR x their mean are raised to it. Assigned outside any replica
+    context: under a tf.distribute strategy every replica's copy gets the same values."""
+    layer = model.get_layer(STANDARDIZE_LAYER)
+    variance = np.asarray(variance, np.float64)
+    floor = VARIANCE_FLOOR * float(variance.mean()) if variance.size and variance.mean() > 0 else 1.0
+    layer.moving_mean.assign(np.asarray(mean, np.float32))
+    layer.moving_variance.assign(np.maximum(variance, floor).astype(np.float32))
 
 
 def _float32_policies(config):
@@ -90,8 +133,6 @@ def as_float32(model: keras.Model) -> keras.Model:
     What is saved and served: it computes in float32 on any device (a mixed_float16 model would be
     slow on a CPU), and its variables are plain ones, outside any tf.distribute strategy.
     """
-    from model import vggface  # noqa: F401  (registers MeanSubtract, needed by from_config)
-
     copy = keras.Model.from_config(_float32_policies(model.get_config()))
     for layer in copy.layers:
         weights = model.get_layer(layer.name).get_weights()
@@ -113,7 +154,7 @@ def is_classifier(model: keras.Model) -> bool:
 
 def load_classifier(path: str) -> keras.Model:
     """Load a trained classifier (.keras, safe mode); ModelError when missing, corrupt or not a classifier."""
-    from model import vggface  # noqa: F401  (registers MeanSubtract, needed by safe-mode loading)
+    from model import vggface  # noqa: F401  (registers the legacy MeanSubtract of older model files)
 
     if not os.path.exists(path):
         raise ModelError(f"model file {path} does not exist; train one with `python cli.py train`")
@@ -136,4 +177,18 @@ def load_classifier(path: str) -> keras.Model:
         shapes = ", ".join(str(tuple(o.shape)) for o in loaded.outputs)
         raise ModelError(f"{path} is not a gender classifier (outputs {shapes}, no one-unit "
                          f"'{OUTPUT_LAYER}' output); train one with `python cli.py train`")
+    check_finite_weights(loaded, path)
     return loaded
+
+
+def check_finite_weights(model: keras.Model, path: str) -> None:
+    """ModelError when a weight is NaN or infinite (e.g. a model saved after training diverged):
+    every score it gives would be meaningless."""
+    import numpy as np
+
+    for variable in model.weights:
+        values = np.asarray(variable.numpy())
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            bad = int(values.size - np.isfinite(values).sum())
+            raise ModelError(f"{path} holds {bad} non-finite weight(s) (NaN or infinity) in {variable.path}: "
+                             f"its training diverged; retrain it (e.g. with a lower --learning-rate)")

@@ -1,206 +1,91 @@
-"""Batched classification of image files, folders and lists of paths.
+"""Batched classification of faces in image files, folders and lists of paths, streamed.
 
-Every file goes through `pipeline.decode.load_image`, the function `preprocess` uses, at the
-model's input size: serving sees exactly the pixels training saw. Decoding runs in a thread pool a
-window ahead of the model (Pillow releases the GIL while it decodes and resizes, TensorFlow while
-it computes), so decoding the next batch overlaps inference on the current one. A file that cannot
-be read or decoded becomes an error row; the others are still classified.
+What a file is (`faces`):
+- "aligned": a face crop like Adience's aligned faces. It goes through `pipeline.decode.load_image`,
+  the function `preprocess` uses, at the model's input size: the pixels training saw.
+- "detect": a photo. Every face is found (`model.detect`), aligned the way Adience's faces are
+  (`pipeline.align`: eyes level, Adience's margin, then the same resize as `load_image`) and
+  classified; one row per face, left to right. Faces smaller than `min_face` pixels are skipped and
+  counted; a photo without a face kept gets one error row (it counts as failed, like an unreadable
+  file).
+- "auto" (the default) treats a file as an aligned crop, without detection, when its name starts
+  with "landmark_aligned_face." (how Adience names its aligned faces, and the files preprocess
+  reads), or when detection finds exactly one face in a square picture and that face's aligned
+  square is about the picture itself (`pipeline.align.looks_aligned`): then the whole picture is
+  classified as `aligned` would, and the row carries the detector's box. Otherwise as "detect".
+
+Throughput: files are read, decoded and searched for faces in a thread pool a window ahead of the
+model (Pillow and TensorFlow release the GIL), and the faces of many files are batched into one
+model call. Rows come out in input order as soon as they are scored, nothing is kept once
+yielded (a `Tally` keeps the counts), so memory stays bounded whatever the number of files.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from model.classify_inputs import Entry, Inputs
+# ClassifyRow is part of this module's API: the rows it yields.
+from model.classify_prepare import FACE_MODES, ClassifyRow, Prepared, PrepareSettings, prepare
+from model.detect import DEFAULT_MIN_FACE, FaceDetector
 from model.evaluate import label_name
 from pipeline.errors import DataError
 
-# Extensions (lower case) of the files a directory search picks up.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-OUTPUT_FORMATS = ("table", "csv", "json")
-ROW_FIELDS = ("path", "label", "score", "error")
+# Fewer files are kept in flight with --annotate: their pictures (ANNOTATE_MAX_SIDE) then hold
+# at most about 100 MB.
+ANNOTATE_WINDOW = 32
 
 Progress = Callable[[dict], None]
 
 
 @dataclass
-class ClassifyRow:
-    """One output row: a label and score, or an error with its reason."""
+class Tally:
+    """Counts of a run, kept instead of its rows."""
 
-    path: str
-    label: str | None = None
-    score: float | None = None
-    error: str | None = None
+    files: int = 0          # inputs done (their rows written)
+    failed: int = 0         # of them, with no face classified: unreadable, or no face found
+    faces: int = 0          # rows with a score
+    small_faces: int = 0    # faces found but smaller than min_face: skipped
+    labels: dict[str, int] = field(default_factory=dict)
 
+    def add_row(self, row: ClassifyRow) -> None:
+        """A row handed out (and so written)."""
+        if row.label is not None:
+            self.faces += 1
+            self.labels[row.label] = self.labels.get(row.label, 0) + 1
 
-@dataclass
-class ClassifyResult:
-    rows: list[ClassifyRow]
-    skipped: int = 0                 # files in searched folders without an image extension
-    single_image: bool = False       # the original's form: one PATH that names one image file
-    image_size: int = 0
-
-    @property
-    def failed(self) -> int:
-        return sum(row.error is not None for row in self.rows)
-
-    def counts(self) -> dict[str, int]:
-        out = {"images": len(self.rows), "failed": self.failed}
-        for row in self.rows:
-            if row.label is not None:
-                out[row.label] = out.get(row.label, 0) + 1
-        return out
+    def add_file(self, rows: list[ClassifyRow], small_faces: int) -> None:
+        """A file whose rows were all handed out."""
+        self.files += 1
+        self.small_faces += small_faces
+        self.failed += all(r.label is None for r in rows)
 
 
-@dataclass
-class ExpandedInputs:
-    """Inputs turned into a flat list: a path to classify, or an error row, per entry, in order."""
-
-    entries: list[ClassifyRow] = field(default_factory=list)   # error set => not to be classified
-    skipped: int = 0
-    single_image: bool = False
-
-
-# ------------------------------------------------------------------ inputs
-def is_image_name(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def _read_path_list(path: str) -> list[str] | None:
-    """The paths listed in a text file, or None when the file is not text (then it is an image
-    candidate and decoding says what is wrong). Relative entries are relative to the list's folder."""
-    from pipeline.decode import read_bytes
-
-    data = read_bytes(path)
-    if b"\0" in data:
-        return None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return None
-    base = os.path.dirname(path)
-    entries = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        entries.append(line if os.path.isabs(line) or _is_remote(line) else os.path.join(base, line))
-    return entries
-
-
-def _walk_images(directory: str) -> tuple[list[str], int, list[OSError]]:
-    """Image files under directory (recursive, sorted, symlinked folders not followed), the count
-    of other files skipped, and the folders that could not be listed (never silently lost)."""
-    found, skipped, errors = [], 0, []
-    for root, dirs, files in os.walk(directory, onerror=errors.append):
-        dirs.sort()
-        for name in sorted(files):
-            if is_image_name(name):
-                found.append(os.path.join(root, name))
-            else:
-                skipped += 1
-    return found, skipped, errors
-
-
-def expand_inputs(inputs: Sequence[str]) -> ExpandedInputs:
-    """Images as given, folders searched recursively by extension, text files read as path lists
-    (one per line; blank lines and # comments ignored; entries may be images or folders).
-    A missing path or an empty folder becomes an error row; a file listed twice is classified once."""
-    out = ExpandedInputs()
-    seen: set[str] = set()
-
-    def add_file(path: str) -> None:
-        key = path if _is_remote(path) else os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            out.entries.append(ClassifyRow(path=path))
-
-    def add_error(path: str, reason: str) -> None:
-        out.entries.append(ClassifyRow(path=path, error=reason))
-
-    def add(path: str, allow_list: bool) -> None:
-        if _is_remote(path):
-            # Remote (gs://, s3://) paths are read through Beam's FileSystems when decoded.
-            add_file(path)
-        elif os.path.isdir(path):
-            files, skipped, errors = _walk_images(path)
-            out.skipped += skipped
-            for err in errors:
-                add_error(err.filename or path, f"cannot list folder ({err.strerror or err})")
-            if not files and not errors:
-                add_error(path, f"folder holds no image files ({' '.join(IMAGE_EXTENSIONS)})")
-            for f in files:
-                add_file(f)
-        elif not os.path.exists(path):
-            add_error(path, "no such file or directory")
-        elif is_image_name(path) or not allow_list:
-            add_file(path)
-        else:
-            try:
-                listed = _read_path_list(path)
-            except OSError as err:
-                add_error(path, f"cannot read file ({err.strerror or err})")
-                return
-            if listed is None:
-                add_file(path)      # not text: let the decoder say why it is not an image either
-                return
-            if not listed:
-                add_error(path, "path list holds no paths")
-            for entry in listed:
-                add(entry, allow_list=False)     # lists do not nest (no cycles)
-
-    for path in inputs:
-        add(path, allow_list=True)
-    # One PATH standing for one image (not a folder, not a list): the original's one-image form.
-    out.single_image = (len(inputs) == 1 and len(out.entries) == 1 and out.entries[0].path == inputs[0]
-                        and not os.path.isdir(inputs[0]))
-    return out
-
-
-# ------------------------------------------------------------------ classification
-def _decode(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
-    from pipeline.decode import DecodeError, load_image
-
-    try:
-        return load_image(path, size), None
-    except DecodeError as err:
-        return None, err.reason
-    except DataError as err:
-        return None, str(err)
-
-
-def _decoded_in_order(paths: list[str], size: int, workers: int, window: int) -> Iterator[tuple]:
-    """(path, image or None, error or None) in input order; decoding runs up to `window` ahead."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque = deque()
-        upcoming = iter(paths)
-        for path in upcoming:
-            pending.append((path, pool.submit(_decode, path, size)))
-            if len(pending) >= window:
-                break
-        while pending:
-            path, future = pending.popleft()
-            nxt = next(upcoming, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_decode, nxt, size)))
-            yield (path, *future.result())
+def _in_order(pool: ThreadPoolExecutor, entries: Iterable[Entry], work: Callable, window: int) -> Iterator:
+    """work(entry) for each entry, run in the pool up to `window` entries ahead, results in order."""
+    pending: deque = deque()
+    upcoming = iter(entries)
+    for entry in upcoming:
+        pending.append(pool.submit(work, entry))
+        if len(pending) >= window:
+            break
+    while pending:
+        future = pending.popleft()
+        nxt = next(upcoming, None)
+        if nxt is not None:
+            pending.append(pool.submit(work, nxt))
+        yield future.result()
 
 
 def model_image_size(model) -> int:
     """The square input size S of a [B, S, S, 3] image model."""
-    shape = model.input_shape
-    return int(shape[1])
+    return int(model.input_shape[1])
 
 
 def make_forward(model) -> Callable[[np.ndarray], np.ndarray]:
@@ -213,88 +98,137 @@ def make_forward(model) -> Callable[[np.ndarray], np.ndarray]:
     return lambda batch: forward(tf.constant(batch)).numpy().reshape(-1)
 
 
+class ClassifyStream:
+    """Iterating yields the rows of `entries` in order as they are scored; `tally` counts them.
+
+    annotate_dir: each decoded file is also written there with its faces drawn (model.annotate).
+    total: a function counting the entries, run in a background thread for the progress bar.
+    """
+
+    def __init__(self, model, entries: Iterable[Entry], faces: str = "auto", min_face: int = DEFAULT_MIN_FACE,
+                 batch_size: int = 64, workers: int | None = None, progress: Progress | None = None,
+                 forward=None, annotate_dir: str | None = None, total: Callable[[], int] | None = None):
+        if faces not in FACE_MODES:
+            raise DataError(f"--faces must be one of {', '.join(FACE_MODES)}, got {faces!r}")
+        if batch_size < 1:
+            raise DataError(f"batch size must be positive, got {batch_size}")
+        if min_face < 1:
+            raise DataError(f"--min-face must be a positive number of pixels, got {min_face}")
+        self.entries, self.batch_size, self.total = entries, batch_size, total
+        self.workers = workers or max(2, os.cpu_count() or 1)
+        self.forward = forward or make_forward(model)
+        self.progress = progress or (lambda event: None)
+        self.annotate_dir = annotate_dir
+        self.detector = FaceDetector(min_face)
+        self.settings = PrepareSettings(faces, model_image_size(model), min_face, self.detector,
+                                        annotate=annotate_dir is not None)
+        self.tally = Tally()
+
+    def _count_in_background(self) -> dict:
+        found: dict = {}
+        if self.total is not None:
+            # A daemon thread: Ctrl-C on a huge folder must not wait for its listing to finish.
+            threading.Thread(target=lambda: found.setdefault("total", self.total()), daemon=True).start()
+        return found
+
+    def _score(self, batch: list[tuple[ClassifyRow, np.ndarray]]) -> None:
+        if batch:
+            scores = self.forward(np.stack([crop for _, crop in batch]))
+            for (row, _), score in zip(batch, scores):
+                row.score = float(score)
+                row.label = label_name(row.score)
+
+    def _finish(self, prepared: Prepared) -> Iterator[ClassifyRow]:
+        """A file's rows, counted as each is taken (the consumer writes a row before asking for the
+        next, so the tally matches what was written even when the run is interrupted)."""
+        if self.annotate_dir is not None and prepared.picture is not None:
+            from model.annotate import save_annotated
+
+            save_annotated(self.annotate_dir, prepared)
+        for row in prepared.rows:
+            yield row
+            self.tally.add_row(row)
+        self.tally.add_file(prepared.rows, len(prepared.small))
+        self.progress({"event": "batch", "count": 1, "faces": self.tally.faces})
+
+    def __iter__(self) -> Iterator[ClassifyRow]:
+        counted = self._count_in_background()
+        total_sent = False
+        self.progress({"event": "start", "total": None})
+        window = 2 * self.batch_size if self.annotate_dir is None else min(2 * self.batch_size, ANNOTATE_WINDOW)
+        window = max(window, 2 * self.workers)
+        pending: deque[Prepared] = deque()
+        batch: list[tuple[ClassifyRow, np.ndarray]] = []
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="classify")
+        try:
+            for prepared in _in_order(pool, self.entries, lambda e: prepare(e, self.settings), window):
+                pending.append(prepared)
+                batch += zip(prepared.rows, prepared.crops)
+                prepared.crops = []
+                while len(batch) >= self.batch_size:
+                    self._score(batch[:self.batch_size])
+                    del batch[:self.batch_size]
+                if len(pending) > window:        # a long run of files without faces: bound memory
+                    self._score(batch)
+                    batch.clear()
+                while pending and pending[0].done:
+                    yield from self._finish(pending.popleft())
+                if not total_sent and "total" in counted:
+                    total_sent = True
+                    self.progress({"event": "total", "total": counted["total"]})
+            self._score(batch)
+            while pending:
+                yield from self._finish(pending.popleft())
+        finally:
+            # Stopped early (Ctrl-C, an error): drop the files queued, wait only for those running.
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.progress({"event": "end"})
+
+
+# ------------------------------------------------------------------ library entry points
+@dataclass
+class ClassifyResult:
+    rows: list[ClassifyRow]
+    tally: Tally
+    skipped: int = 0                 # files in searched folders without an image extension
+    single_image: bool = False       # the original's form: one PATH that names one image file
+    image_size: int = 0
+
+
+@dataclass
+class ExpandedInputs:
+    """Inputs turned into a flat list: a path to classify, or an error, per entry, in order."""
+
+    entries: list[Entry]
+    skipped: int = 0
+    single_image: bool = False
+
+
+def expand_inputs(inputs: Sequence[str]) -> ExpandedInputs:
+    """All entries of `inputs` at once (model.classify_inputs.Inputs streams them)."""
+    stream = Inputs(inputs)
+    entries = list(stream)
+    return ExpandedInputs(entries, stream.skipped, stream.single_image)
+
+
 def classify_files(model, paths: Sequence[str], batch_size: int = 64, workers: int | None = None,
-                   progress: Progress | None = None, forward=None) -> list[ClassifyRow]:
-    """Classify image files with a loaded classifier; one row per path, in order."""
-    if batch_size < 1:
-        raise DataError(f"batch size must be positive, got {batch_size}")
-    size = model_image_size(model)
-    forward = forward or make_forward(model)
-    workers = workers or max(2, os.cpu_count() or 1)
-    rows = [ClassifyRow(path=p) for p in paths]
-    if progress:
-        progress({"event": "start", "total": len(rows)})
-
-    batch: list[np.ndarray] = []
-    batch_rows: list[ClassifyRow] = []
-
-    def flush() -> None:
-        scores = forward(np.stack(batch))
-        for row, score in zip(batch_rows, scores):
-            row.score = float(score)
-            row.label = label_name(row.score)
-        if progress:
-            progress({"event": "batch", "count": len(batch)})
-        batch.clear()
-        batch_rows.clear()
-
-    for row, (_, image, error) in zip(rows, _decoded_in_order(list(paths), size, workers, 2 * batch_size)):
-        if error is not None:
-            row.error = error
-            if progress:
-                progress({"event": "batch", "count": 1})
-            continue
-        batch.append(image)
-        batch_rows.append(row)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    if progress:
-        progress({"event": "end"})
-    return rows
+                   progress: Progress | None = None, forward=None, faces: str = "aligned") -> list[ClassifyRow]:
+    """Classify image files (aligned face crops unless `faces` says otherwise) with a loaded classifier."""
+    return list(ClassifyStream(model, [Entry(p) for p in paths], faces=faces, batch_size=batch_size,
+                               workers=workers, progress=progress, forward=forward))
 
 
 def classify(model_path: str, inputs: Sequence[str], batch_size: int = 64, workers: int | None = None,
-             progress: Progress | None = None) -> ClassifyResult:
-    """Load a classifier (ModelError if the file is not one), expand the inputs, classify them."""
+             progress: Progress | None = None, faces: str = "auto", min_face: int = DEFAULT_MIN_FACE,
+             annotate_dir: str | None = None) -> ClassifyResult:
+    """Load a classifier (ModelError if the file is not one), classify every face of the inputs and
+    return all rows at once (for a few files; the command streams them with ClassifyStream)."""
     from model.classifier import load_classifier
 
     model = load_classifier(model_path)
-    expanded = expand_inputs(inputs)
-    todo = [e.path for e in expanded.entries if e.error is None]
-    done = iter(classify_files(model, todo, batch_size=batch_size, workers=workers, progress=progress))
-    rows = [entry if entry.error is not None else next(done) for entry in expanded.entries]
-    return ClassifyResult(rows=rows, skipped=expanded.skipped, single_image=expanded.single_image,
-                          image_size=model_image_size(model))
-
-
-# ------------------------------------------------------------------ output
-def familiar_block(row: ClassifyRow) -> str:
-    """The original's one-image output."""
-    return f"****\noutput class is {row.label}. (sigmoid value={row.score!r})\n****\n"
-
-
-def format_rows(rows: Iterable[ClassifyRow], fmt: str = "table") -> str:
-    """Rows as an aligned table, CSV (header first) or a JSON list; scores are P(male)."""
-    rows = list(rows)
-    if fmt == "json":
-        return json.dumps([asdict(r) for r in rows], indent=2) + "\n"
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(ROW_FIELDS)
-        for r in rows:
-            writer.writerow((r.path, r.label or "", "" if r.score is None else f"{r.score:.9g}", r.error or ""))
-        return buffer.getvalue()
-    if fmt != "table":
-        raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
-    cells = [("path", "label", "score", "error")]
-    for r in rows:
-        cells.append((r.path, r.label or "-", "-" if r.score is None else f"{r.score:.6f}", r.error or ""))
-    widths = [max(len(c[i]) for c in cells) for i in range(3)]
-    lines = []
-    for c in cells:
-        line = f"{c[0]:<{widths[0]}}  {c[1]:<{widths[1]}}  {c[2]:>{widths[2]}}"
-        lines.append((line + "  " + c[3]).rstrip())
-    return "\n".join(lines) + "\n"
+    stream_inputs = Inputs(inputs)
+    stream = ClassifyStream(model, stream_inputs, faces=faces, min_face=min_face, batch_size=batch_size,
+                            workers=workers, progress=progress, annotate_dir=annotate_dir)
+    rows = list(stream)
+    return ClassifyResult(rows, stream.tally, stream_inputs.skipped, stream_inputs.single_image,
+                          model_image_size(model))

@@ -9,8 +9,9 @@ ages and paths; a count check proves every example was scored exactly once.
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -124,7 +125,10 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> d
     predicted = predicted_labels(scores)
 
     out: dict = {"n": n, "accuracy": _accuracy(labels, predicted),
-                 "loss": binary_cross_entropy(labels, scores), "auc": None}
+                 "loss": binary_cross_entropy(labels, scores), "auc": None,
+                 "majority_baseline": majority_baseline(labels),
+                 # The class every prediction is, when they all are one (a collapsed model), else null.
+                 "one_class_predictions": LABEL_NAMES[int(predicted[0])] if len(np.unique(predicted)) == 1 else None}
     if len(np.unique(labels)) == 2:
         out["auc"] = float(roc_auc_score(labels, scores))
     else:
@@ -153,6 +157,14 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> d
     out["by_age"] = by_age
     out["worst_age_group"] = worst_age_group(by_age)
     return out
+
+
+def majority_baseline(labels: np.ndarray) -> dict:
+    """The accuracy of always answering the split's most frequent class (ties: female), the floor
+    any accuracy must be read against."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=2)
+    k = int(np.argmax(counts))
+    return {"class": LABEL_NAMES[k], "accuracy": float(counts[k] / counts.sum())}
 
 
 def worst_age_group(by_age: dict) -> dict | None:
@@ -281,6 +293,31 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
     return result
 
 
+@contextmanager
+def _records_to_blame(records_dir: str, split: str) -> Iterator[None]:
+    """A failure while reading the split that a bad shard explains (corrupt, short or long: see
+    pipeline.shard_check.records_error) becomes one DataError line naming the shard; others propagate."""
+    import tensorflow as tf
+
+    from pipeline.shard_check import records_error
+
+    try:
+        yield
+    except tf.errors.OpError as err:
+        problem = records_error(err, records_dir, split)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def check_finite_scores(predictions: SplitPredictions, model_path: str) -> None:
+    """ModelError when the model gave NaN or infinite scores: no report is built on them."""
+    bad = int(np.sum(~np.isfinite(predictions.scores)))
+    if bad:
+        raise ModelError(f"{model_path} gives non-finite scores (NaN or infinity) for {bad} of {predictions.n} "
+                         f"images of split {predictions.split}: the model is broken; retrain it")
+
+
 def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size: int = 64,
              memory: str = "low", strategy: str = "auto", progress: Progress | None = None) -> Evaluation:
     """Load a classifier, score the split(s) of a records directory, compute the metrics."""
@@ -300,7 +337,9 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
         model = load_classifier(model_path)
     predictions = {}
     for name in splits:
-        predictions[name] = predict_split(model, records_dir, name, batch_size=batch_size, memory=memory,
-                                          strategy=chosen, progress=progress)
+        with _records_to_blame(records_dir, name):
+            predictions[name] = predict_split(model, records_dir, name, batch_size=batch_size, memory=memory,
+                                              strategy=chosen, progress=progress)
+        check_finite_scores(predictions[name], model_path)
     metrics = {name: split_metrics(p.labels, p.scores, p.ages) for name, p in predictions.items()}
     return Evaluation(model_path=model_path, records_dir=records_dir, predictions=predictions, metrics=metrics)

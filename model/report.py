@@ -202,7 +202,12 @@ def summary_lines(report: dict, report_dir: str) -> list[str]:
     for split in report["splits"]:
         m = report[split]
         auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
-        lines.append(f"{split}: n={m['n']}  accuracy={m['accuracy']:.4f}  loss={m['loss']:.4f}  auc={auc}")
+        base = m["majority_baseline"]
+        lines.append(f"{split}: n={m['n']}  accuracy={m['accuracy']:.4f} (always {base['class']}: "
+                     f"{base['accuracy']:.4f})  loss={m['loss']:.4f}  auc={auc}")
+        if m.get("one_class_predictions"):
+            lines.append(f"  warning: every prediction is {m['one_class_predictions']}: the model has collapsed "
+                         f"to one class (retrain with the default --head standardized, or a lower --learning-rate)")
         worst = m.get("worst_age_group")
         filled = [e["accuracy"] for g, e in m["by_age"].items() if e["n"] and g in AGE_GROUP_NAMES]
         if worst is not None and len(set(filled)) == 1:

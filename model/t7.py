@@ -20,7 +20,7 @@ import numpy as np
 import torchfile
 
 from model.errors import ModelError
-from model.vggface import (BLOCK_SIZES, CONV_NAMES, DENSE_NAMES, VGG_IMAGE_SIZE, VGGWidths)
+from model.vggface import (BLOCK_SIZES, CONV_NAMES, DENSE_NAMES, FULL_WIDTHS, VGG_IMAGE_SIZE, VGGWidths)
 
 CONV_CLASSES = ("nn.SpatialConvolutionMM", "nn.SpatialConvolution")
 
@@ -44,9 +44,22 @@ EXPECTED_MODULES = _expected_modules()
 
 _FLOAT_TYPES = (np.float32, np.float64)
 
+# Bounds from the real network: no tensor of VGG_FACE.t7 is larger than fc6's weight (4096 x
+# 512·7·7 = 102,760,448 elements), no convolution wider than 512 channels, no Linear wider than
+# 4096 units. Every size a file declares is also bounded by the file's own size (a storage holds
+# its values; a tensor has no more elements than its storage), so a small crafted file cannot make
+# the reader or the conversion allocate more than the file could describe.
+MAX_TENSOR_ELEMENTS = FULL_WIDTHS.conv[-1] * (VGG_IMAGE_SIZE // 32) ** 2 * FULL_WIDTHS.fc6
+MAX_CONV_WIDTH = max(FULL_WIDTHS.conv)
+MAX_DENSE_WIDTH = max(FULL_WIDTHS.fc6, FULL_WIDTHS.fc7, FULL_WIDTHS.fc8)
+
 
 class _Truncated(Exception):
     """The file ended inside a value (raised by the checked storage reader below)."""
+
+
+class _Refused(ValueError):
+    """The file declares a size, stride or width that VGG-Face never has (a crafted or corrupt file)."""
 
 
 def _checked_storage_reader(dtype):
@@ -61,6 +74,9 @@ def _checked_storage_reader(dtype):
     def read_storage(reader, version):
         size = reader.read_long()
         remaining = os.fstat(reader.f.fileno()).st_size - reader.f.tell()
+        if size > MAX_TENSOR_ELEMENTS:
+            raise _Refused(f"a storage of {size:,} elements, more than VGG-Face's largest tensor "
+                           f"({MAX_TENSOR_ELEMENTS:,})")
         if size < 0 or size * itemsize > remaining:
             raise _Truncated(f"a storage of {size} elements needs {size * itemsize} bytes, "
                              f"{remaining} left")
@@ -86,6 +102,14 @@ def _checked_tensor_reader(dtype):
             raise ValueError("tensor storage is not a storage")
         if any(s < 0 for s in size) or any(s < 0 for s in stride) or offset < 0:
             raise ValueError("negative tensor size, stride or offset")
+        # A zero stride repeats one value along a dimension: a few bytes could then stand for
+        # gigabytes once the conversion copies the tensor. Real tensors never do it.
+        if any(s < 1 for n, s in zip(size, stride) if n > 1):
+            raise _Refused(f"a tensor of shape {tuple(size)} with a zero stride {tuple(stride)}")
+        elements = int(np.prod(size, dtype=object))
+        if elements > storage.size or elements > MAX_TENSOR_ELEMENTS:
+            raise _Refused(f"a tensor of shape {tuple(size)} ({elements:,} elements), larger than its "
+                           f"storage ({storage.size:,}) or VGG-Face's largest tensor ({MAX_TENSOR_ELEMENTS:,})")
         last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset
         if last >= storage.size and all(size):
             raise ValueError(f"tensor of shape {tuple(size)} reaches past its storage "
@@ -142,6 +166,8 @@ def _read_torch_file(path: str):
         reader = _CheckedReader(f)
         try:
             return reader.read_obj()
+        except _Refused as err:
+            raise ModelError(f"{path} is not a VGG_FACE.t7 file: it declares {err}") from None
         except MemoryError:
             raise ModelError(f"{path} is not a readable Torch7 file (it declares absurd sizes)")
         except RecursionError:
@@ -196,6 +222,12 @@ def _check_field(path: str, index: int, label: str, module, field: str, expected
                          f"{expected}; not the VGG-Face network")
 
 
+def _check_width(path: str, index: int, label: str, width: int, largest: int) -> None:
+    if not 1 <= width <= largest:
+        raise ModelError(f"{path}: module {index} ({label}) is {width} units wide; VGG-Face's widest "
+                         f"such layer has {largest}: not the VGG-Face network")
+
+
 def read_vggface_t7(path: str) -> TorchVGGFace:
     """Read a VGG_FACE.t7-structured file and check its 40-module topology and shapes.
 
@@ -228,6 +260,7 @@ def read_vggface_t7(path: str) -> TorchVGGFace:
             w = _float_tensor(path, index, name, "weight", module.weight)
             b = _float_tensor(path, index, name, "bias", module.bias)
             out_planes = w.shape[0]
+            _check_width(path, index, label, out_planes, MAX_CONV_WIDTH)
             if w.ndim == 2:
                 ok = w.shape[1] == in_planes * 9
             else:
@@ -253,6 +286,7 @@ def read_vggface_t7(path: str) -> TorchVGGFace:
         elif found == "nn.Linear":
             w = _float_tensor(path, index, name, "weight", module.weight)
             b = _float_tensor(path, index, name, "bias", module.bias)
+            _check_width(path, index, label, w.shape[0] if w.ndim else 0, MAX_DENSE_WIDTH)
             pool5 = VGG_IMAGE_SIZE // 32
             fan_in = in_planes * pool5 * pool5 if name == "fc6" else in_planes
             if w.ndim != 2 or w.shape[1] != fan_in or b.shape != (w.shape[0],):

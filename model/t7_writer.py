@@ -228,33 +228,93 @@ def sequential(modules: list[T7Object], dtype=np.float32) -> T7Object:
                                       "gradInput": _empty(dtype), "train": False})
 
 
+# The activation magnitude of a VGG-16 trained on mean-subtracted 0..255 pixels without batch
+# normalization: its ReLU outputs have an RMS of a few tens (NOTES.md §6: about 28 at relu4_2 for a
+# He-initialized VGG-16 on faces; nothing in such a network pulls activations toward one).
+# He scaling alone gets the order right for the full widths (relu4_2 RMS 77 on the generated faces,
+# measured), but the slim test network's 4-to-32-channel layers make it swing with the seed (5.6 to
+# 126 over seeds 0-5, measured), so every convolution is calibrated to ACTIVATION_RMS on generated
+# faces (layer by layer, as LSUV initialization does). tests/test_synthetic.py keeps relu4_2 within
+# REALISTIC_RELU4_2_RMS on other faces at 224x224. (An earlier version divided conv1_1 by 100:
+# features a hundred times too quiet, which hid that the default head collapsed on real features.)
+ACTIVATION_RMS = 28.0
+REALISTIC_RELU4_2_RMS = (10.0, 100.0)
+_CALIBRATION_FACES, _CALIBRATION_SIZE = 8, 96
+
+
+def _calibration_batch() -> np.ndarray:
+    """Generated faces of both labels and cues, as the network sees them: BGR minus the mean, NHWC."""
+    from model.vggface import VGG_MEAN_BGR
+    from pipeline.synthetic_faces import CUES, render_face
+
+    rng = np.random.default_rng(12345)
+    faces = [render_face(rng, i % 2, _CALIBRATION_SIZE, CUES[(i // 2) % len(CUES)])
+             for i in range(_CALIBRATION_FACES)]
+    return np.stack(faces)[..., ::-1].astype(np.float32) - np.float32(VGG_MEAN_BGR)
+
+
+def _conv_relu(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """ReLU(3x3 convolution, stride 1, zero padding 1) of NHWC x with a Torch (O, C·3·3) weight."""
+    n, h, w, c = x.shape
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    # Columns ordered (c, kh, kw), as SpatialConvolutionMM stores them.
+    patches = np.stack([padded[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
+    out = patches.reshape(n, h, w, c * 9) @ weight.reshape(-1, c * 9).T + bias
+    return np.maximum(out, 0.0)
+
+
+def _max_pool(x: np.ndarray) -> np.ndarray:
+    n, h, w, c = x.shape
+    return x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _calibrate_convolutions(out: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Scale each convolution's weight and bias (in place, in order) so that its ReLU output has
+    ACTIVATION_RMS on the calibration faces; positive homogeneity makes one factor per layer exact."""
+    x = _calibration_batch()
+    names = iter(CONV_NAMES)
+    for n in BLOCK_SIZES:
+        for _ in range(n):
+            name = next(names)
+            weight, bias = out[name]
+            rms = float(np.sqrt(np.mean(np.square(_conv_relu(x, weight, bias), dtype=np.float64))))
+            factor = np.float32(ACTIVATION_RMS / max(rms, 1e-12))
+            out[name] = (weight * factor, bias * factor)
+            x = _conv_relu(x, *out[name])
+        x = _max_pool(x)
+
+
 def random_vggface_weights(widths: VGGWidths = SLIM_WIDTHS, seed: int = 0, dtype=np.float32,
-                           conv_4d: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                           conv_4d: bool = False, scale: float = 1.0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Random (weight, bias) per layer name in Torch layout: conv (O, C·3·3) — or (O, C, 3, 3)
     with conv_4d — and Linear (out, in).
 
-    He-scaled so activations stay of order one through all 16 layers (conv1_1 also divides by
-    the ~100 pixel scale): equivalence tests then compare meaningful numbers, not zeros or
-    overflowing logits. Biases are clearly non-zero, so dropping them cannot go unnoticed.
+    Fed 0..255 pixels minus the mean, the activations have the real network's magnitude: He-scaled,
+    then every convolution calibrated to ACTIVATION_RMS (see above). `scale` then multiplies
+    conv1_1's weights and every bias, which multiplies every ReLU activation by exactly `scale`
+    (ReLU networks are positively homogeneous): backbones of any feature scale from one seed.
+    Biases are clearly non-zero, so dropping them cannot go unnoticed.
     """
     rng = np.random.default_rng(seed)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     in_planes = 3
     for name, width in zip(CONV_NAMES, widths.conv):
         fan_in = in_planes * 9
-        scale = np.sqrt(2.0 / fan_in) / (100.0 if name == "conv1_1" else 1.0)
-        shape = (width, in_planes, 3, 3) if conv_4d else (width, fan_in)
-        weight = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
-        bias = rng.uniform(-0.2, 0.2, size=width).astype(np.float32)
-        out[name] = (weight.astype(dtype, copy=False), bias.astype(dtype))
+        weight = rng.standard_normal((width, fan_in), dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+        out[name] = (weight, rng.uniform(-1.0, 1.0, size=width).astype(np.float32))
         in_planes = width
+    _calibrate_convolutions(out)
     fan_in = in_planes * 7 * 7
     for name, width in (("fc6", widths.fc6), ("fc7", widths.fc7), ("fc8", widths.fc8)):
-        scale = np.sqrt((1.0 if name == "fc8" else 2.0) / fan_in)
-        weight = rng.standard_normal((width, fan_in), dtype=np.float32) * np.float32(scale)
-        bias = rng.uniform(-0.2, 0.2, size=width).astype(np.float32)
-        out[name] = (weight.astype(dtype, copy=False), bias.astype(dtype))
+        he = np.sqrt((1.0 if name == "fc8" else 2.0) / fan_in)
+        weight = rng.standard_normal((width, fan_in), dtype=np.float32) * np.float32(he)
+        out[name] = (weight, rng.uniform(-1.0, 1.0, size=width).astype(np.float32))
         fan_in = width
+    for name, (weight, bias) in out.items():
+        weight = weight * np.float32(scale) if name == "conv1_1" else weight
+        if conv_4d and name in CONV_NAMES:
+            weight = weight.reshape(weight.shape[0], -1, 3, 3)
+        out[name] = (weight.astype(dtype, copy=False), (bias * np.float32(scale)).astype(dtype))
     return out
 
 
@@ -279,13 +339,14 @@ def vggface_modules(weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[T
 
 
 def write_vggface_t7(path: str, widths: VGGWidths = SLIM_WIDTHS, seed: int = 0, dtype=np.float32,
-                     conv_4d: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                     conv_4d: bool = False, scale: float = 1.0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Write a synthetic VGG_FACE-structured Torch7 file with random weights.
 
     Returns the stored (weight, bias) per layer name, in Torch layout. dtype float32 writes
     torch.FloatTensor (like the real file), float64 torch.DoubleTensor; conv_4d writes
-    nn.SpatialConvolution with 4-D weights instead of nn.SpatialConvolutionMM.
+    nn.SpatialConvolution with 4-D weights instead of nn.SpatialConvolutionMM. `scale`: see
+    random_vggface_weights (1.0: the real network's activation magnitude).
     """
-    weights = random_vggface_weights(widths, seed, dtype, conv_4d)
+    weights = random_vggface_weights(widths, seed, dtype, conv_4d, scale)
     write_t7(path, sequential(vggface_modules(weights), np.dtype(dtype)))
     return weights

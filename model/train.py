@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -36,26 +37,28 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.classifier import as_float32, build_classifier
+from model.classifier import as_float32, build_classifier, set_feature_statistics
 from model.defaults import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT,
-                            DEFAULT_FREEZE_THROUGH, DEFAULT_LEARNING_RATE, PRECISIONS, STRATEGIES)
+                            DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_LEARNING_RATE, DEFAULT_STATS_IMAGES,
+                            HEAD_STANDARDIZED, HEADS, PRECISIONS, STRATEGIES)
 from model.distribute import TaskInfo, precision, select_precision, select_strategy, task_info
 from model.errors import ModelError
 from pipeline.errors import DataError
 from pipeline.folds import FOLD_SPLITS, N_FOLDS, fold_split
+from pipeline.outputs import DIR, FILE, check_outputs
 from pipeline.schema import LAYOUT_FOLDS, MEMORY_MODES
 
 MAX_CHECKPOINTS_KEPT = 3
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images_per_s", "seconds")
 # What must be equal for a checkpoint to be continued: anything that changes the network, the
 # optimizer's state layout or the order of the data. (Not epochs: training longer is allowed.)
-FINGERPRINT_KEYS = ("weights_widths", "image_size", "cut_layer", "freeze_through", "dense_units", "dropout",
+FINGERPRINT_KEYS = ("weights_widths", "image_size", "cut_layer", "freeze_through", "head", "dense_units", "dropout",
                     "learning_rate", "loss_scaling", "seed", "augment", "shuffle", "global_batch_size",
                     "input_pipelines", "train_count", "train_splits")
 # Fingerprint keys added later, with the value a checkpoint written before them implies.
-FINGERPRINT_DEFAULTS = {"train_splits": ["train"]}
+FINGERPRINT_DEFAULTS = {"train_splits": ["train"], "head": "relu on raw features (before --head)"}
 # The fingerprint keys that follow from the TrainConfig alone (the rest need the built model).
-CONFIG_FINGERPRINT_KEYS = ("cut_layer", "freeze_through", "dense_units", "dropout", "learning_rate", "seed",
+CONFIG_FINGERPRINT_KEYS = ("cut_layer", "freeze_through", "head", "dense_units", "dropout", "learning_rate", "seed",
                            "augment", "shuffle", "train_splits")
 
 Progress = Callable[[dict], None]
@@ -86,6 +89,8 @@ class TrainConfig:
     checkpoint_every_steps: int = DEFAULT_CHECKPOINT_EVERY
     log_dir: str | None = None            # default: <output without .keras>_logs
     val_fold: int | None = None           # adience-folds records: validate on fold K, train on the others
+    head: str = DEFAULT_HEAD              # "standardized" or "original" (model/classifier.py)
+    stats_images: int = DEFAULT_STATS_IMAGES   # training images the head's feature statistics come from
 
     @property
     def stem(self) -> str:
@@ -144,17 +149,28 @@ def _check_config(config: TrainConfig) -> None:
         (config.batch_size >= 1, f"-b1/--batch-size must be at least 1, got {config.batch_size}"),
         (config.valid_batch_size >= 1, f"-b2/--valid-batch-size must be at least 1, got {config.valid_batch_size}"),
         (config.memory in MEMORY_MODES, f"-m/--memory must be low or high, got {config.memory!r}"),
-        (config.learning_rate > 0, f"--learning-rate must be positive, got {config.learning_rate}"),
+        (math.isfinite(config.learning_rate) and config.learning_rate > 0,
+         f"--learning-rate must be a finite positive number, got {config.learning_rate}"),
+        (math.isfinite(config.dropout) and 0.0 <= config.dropout < 1.0,
+         f"--dropout must be a finite number in [0, 1), got {config.dropout}"),
         (config.checkpoint_every_steps >= 1,
          f"--checkpoint-every must be at least 1 step, got {config.checkpoint_every_steps}"),
         (config.strategy in STRATEGIES, f"unknown strategy {config.strategy!r}; choose one of {', '.join(STRATEGIES)}"),
         (config.precision in PRECISIONS, f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}"),
+        (config.head in HEADS, f"unknown --head {config.head!r}; choose one of {', '.join(HEADS)}"),
+        (config.stats_images >= 1, f"--stats-images must be at least 1, got {config.stats_images}"),
         (config.val_fold is None or 0 <= config.val_fold < N_FOLDS,
          f"--val-fold must be one of 0 … {N_FOLDS - 1} (the {N_FOLDS} Adience folds), got {config.val_fold}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ModelError(message)
+    # Before any work: no output may overwrite or sit inside an input, and each must be writable.
+    paths = output_paths(config)
+    check_outputs([(paths["output"], FILE, "-o"), (paths["savedmodel"], DIR, "the SavedModel export"),
+                   (paths["history_csv"], FILE, "the history CSV"), (paths["log_dir"], DIR, "--log-dir"),
+                   (paths["checkpoint_dir"], DIR, "--checkpoint-dir")],
+                  [(config.weights, "-w"), (config.records, "-i")])
 
 
 def training_splits(records: str, val_fold: int | None) -> tuple[list[str], list[str]]:
@@ -182,6 +198,7 @@ def config_fingerprint(config: TrainConfig, train_splits: list[str]) -> dict:
     return {
         "cut_layer": config.cut_layer,
         "freeze_through": config.freeze_through if config.freeze_through else "none",
+        "head": config.head,
         "dense_units": config.dense_units,
         "dropout": config.dropout,
         "learning_rate": config.learning_rate,
@@ -235,6 +252,20 @@ def replica_digests(model: keras.Model, strategy: tf.distribute.Strategy) -> lis
             digest.update(array.tobytes())
         digests.append(digest.hexdigest())
     return digests
+
+
+# A validation loss this close to ln 2 means every score is about 0.5: the model has stopped telling
+# the classes apart (the original head's failure on VGG-Face's real feature scale).
+COLLAPSE_LOSS_TOLERANCE = 1e-3
+
+
+def collapse_reason(val_loss: float, predicted_male: int, count: int) -> str | None:
+    """Why the validation results say the model has collapsed, or None when they do not."""
+    if predicted_male in (0, count):
+        return f"every validation prediction is {'male' if predicted_male else 'female'}"
+    if abs(val_loss - math.log(2.0)) < COLLAPSE_LOSS_TOLERANCE:
+        return f"the validation loss is {val_loss:.4f}, ln 2 to within {COLLAPSE_LOSS_TOLERANCE:g}: every score is about 0.5"
+    return None
 
 
 def _scalar(tag: str, value: float, step: int) -> None:
@@ -309,7 +340,7 @@ class _Run:
             backbone = load_backbone(config.weights, image_size=self.train_info["image_size"])
             self.widths = widths_of(backbone)
             self.model = build_classifier(backbone, config.cut_layer, config.freeze_through,
-                                          config.dense_units, config.dropout, seed=config.seed)
+                                          config.dense_units, config.dropout, seed=config.seed, head=config.head)
             optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
             if self.loss_scaling:
                 # float16 gradients underflow without it; bfloat16 has float32's range and needs none.
@@ -450,12 +481,14 @@ class _Run:
             images, labels, weights = non_empty(images, labels)
             probs = model(images, training=False)
             per_example = keras.losses.binary_crossentropy(labels[:, None], probs) * weights
-            return sums(probs, labels, per_example, weights)
+            # Also how many were predicted male: all or none of them means a collapsed model.
+            male = tf.reduce_sum(tf.cast(probs[:, 0] >= 0.5, tf.float32) * weights)
+            return (*sums(probs, labels, per_example, weights), male)
 
         def reduced(per_replica):
             return tf.stack([strategy.reduce(SUM, value, axis=None) for value in per_replica])
 
-        def distributed(replica_fn):
+        def distributed(replica_fn, width):
             @tf.function
             def step(iterator):
                 # Agreed across all workers: is there a batch left anywhere? Replicas without data
@@ -466,26 +499,28 @@ class _Run:
                     images, labels = optional.get_value()
                     return reduced(strategy.run(replica_fn, args=(images, labels)))
 
-                return tf.cond(optional.has_value(), run, lambda: tf.constant([0.0, 0.0, -1.0]))
+                # No batch anywhere: a count of -1 says so.
+                return tf.cond(optional.has_value(), run, lambda: tf.constant([0.0, 0.0, -1.0] + [0.0] * (width - 3)))
 
             return step
 
-        return distributed(replica_train), distributed(replica_eval)
+        return distributed(replica_train, 3), distributed(replica_eval, 4)
 
     def _validate(self, eval_step) -> dict:
         iterator = iter(self._valid_dataset())
-        total = np.zeros(3)
+        total = np.zeros(4)
         while True:
             result = eval_step(iterator).numpy().astype(np.float64)
             if result[2] < 0:
                 break
             total += result
-        loss_sum, correct, count = total
+        loss_sum, correct, count, male = total
         expected = self.valid_info["count"]
         if int(count) != expected:
             raise ModelError(f"validation saw {int(count)} examples but the manifest of {self.config.records} "
                              f"lists {expected}; the records directory changed during training?")
-        return {"val_loss": loss_sum / count, "val_accuracy": correct / count, "val_count": int(count)}
+        return {"val_loss": loss_sum / count, "val_accuracy": correct / count, "val_count": int(count),
+                "val_predicted_male": int(male)}
 
     # ------------------------------------------------------------------ run
     def run(self) -> TrainResult:
@@ -493,6 +528,7 @@ class _Run:
         self._build()
         manager = self._checkpoint_manager()
         resumed = self._restore()
+        features = self._fix_feature_statistics(resumed is not None)
         steps_estimate = self._estimated_steps()
         emit({"event": "setup", "strategy": _strategy_name(self.strategy), "replicas": self.replicas,
               "workers": info.workers, "task_type": info.task_type, "task_id": info.task_id,
@@ -509,7 +545,8 @@ class _Run:
               "frozen_params": int(sum(np.prod(v.shape) for v in self.model.non_trainable_weights)),
               "checkpoint_dir": self.paths["checkpoint_dir"], "learning_rate": config.learning_rate,
               "compute_dtype": self.model.get_layer(config.cut_layer).compute_dtype,
-              "output_dtype": self.model.output.dtype})
+              "output_dtype": self.model.output.dtype, "head": config.head, "cut_layer": config.cut_layer,
+              **features})
         if resumed:
             emit({"event": "resume", **resumed})
         train_step, eval_step = self._make_steps()
@@ -525,6 +562,29 @@ class _Run:
         finally:
             self._remove_worker_dir()
         return self._finish(history, resumed, steps_run)
+
+    def _fix_feature_statistics(self, restored: bool) -> dict:
+        """Fix the standardized head's statistics on a fresh run (a restored one has them from its
+        checkpoint) and say how large the cut layer's features are: {"feature_rms", "feature_max",
+        "stats_images"} (max and images None when the RMS comes from restored statistics)."""
+        from model.classifier import STANDARDIZE_LAYER
+        from model.feature_stats import cut_feature_statistics
+
+        config = self.config
+        standardized = config.head == HEAD_STANDARDIZED
+        if standardized and restored:
+            layer = self.model.get_layer(STANDARDIZE_LAYER)
+            mean, variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+            # The mean square per channel is variance + mean^2 (the floor may raise a dead channel's).
+            rms = float(np.sqrt(np.mean(variance.astype(np.float64) + mean.astype(np.float64) ** 2)))
+            return {"feature_rms": rms, "feature_max": None, "stats_images": None}
+        # The original head needs no statistics, only the magnitude for the report: a small sample.
+        images = config.stats_images if standardized else min(config.stats_images, 64)
+        stats = cut_feature_statistics(self.model, config.cut_layer, config.records, self.train_splits, images,
+                                       image_size=self.train_info["image_size"])
+        if standardized:
+            set_feature_statistics(self.model, stats.mean, stats.variance)
+        return {"feature_rms": stats.rms, "feature_max": stats.max, "stats_images": stats.images}
 
     def _save(self, manager: tf.train.CheckpointManager) -> str:
         path = manager.save(checkpoint_number=int(self.optimizer.iterations.numpy()))
@@ -593,6 +653,9 @@ class _Run:
         path = self._save(manager)
         emit({"event": "epoch_end", **row, "checkpoint": path if self.info.is_chief else None,
               "global_step": global_step})
+        collapse = collapse_reason(row["val_loss"], metrics["val_predicted_male"], metrics["val_count"])
+        if collapse:
+            emit({"event": "collapse", "epoch": epoch + 1, "reason": collapse, "head": config.head})
         return steps_run
 
     # ------------------------------------------------------------------ outputs

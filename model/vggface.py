@@ -1,8 +1,8 @@
 """VGG-Face (Parkhi et al., 2015) in Keras 3, with the paper's layer names.
 
 The model takes raw decoded pixels — uint8, S×S×3, **BGR** — and does its own preprocessing in the
-first layer (`preprocess`, a float32 MeanSubtract), so no caller can feed it the wrong scale, order
-or mean. Cut points are layer names (conv1_1 … conv5_3, pool1 … pool5, fc6, fc7, fc8, prob),
+first layer (`preprocess`: a float32 built-in Rescaling that subtracts the mean), so no caller can
+feed it the wrong scale, order or mean, and a saved model loads with plain Keras. Cut points are layer names (conv1_1 … conv5_3, pool1 … pool5, fc6, fc7, fc8, prob),
 never indices.
 """
 from __future__ import annotations
@@ -66,13 +66,20 @@ def _layer_names() -> tuple[str, ...]:
 LAYER_NAMES = _layer_names()
 
 
-@keras.saving.register_keras_serializable(package="gender_classifier")
-class MeanSubtract(keras.layers.Layer):
+def mean_subtraction(name: str = "preprocess") -> keras.layers.Layer:
     """uint8 BGR pixels -> float32 pixels minus VGG_MEAN_BGR; always float32, whatever the policy.
 
+    A built-in Rescaling (x * 1 + offset, per channel), so saved models need no custom class.
     Kept in float32 under mixed precision: in bfloat16, 255 - 129.1863 would already lose the
     fraction, and the cast is cheap next to the first convolution.
     """
+    return keras.layers.Rescaling(scale=1.0, offset=[-m for m in VGG_MEAN_BGR], dtype="float32", name=name)
+
+
+@keras.saving.register_keras_serializable(package="gender_classifier")
+class MeanSubtract(keras.layers.Layer):
+    """The mean subtraction of model files written before it became a built-in Rescaling: kept
+    registered so that those files still load with this project. Same function, bit for bit."""
 
     def __init__(self, **kwargs):
         kwargs["dtype"] = "float32"
@@ -91,7 +98,7 @@ def build_vggface(widths: VGGWidths = FULL_WIDTHS, image_size: int = VGG_IMAGE_S
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 (five 2×2 poolings), got {image_size}")
     image = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
-    x = MeanSubtract(name="preprocess")(image)
+    x = mean_subtraction()(image)
     conv_widths = iter(widths.conv)
     for b, n in enumerate(BLOCK_SIZES):
         for i in range(n):

@@ -7,8 +7,14 @@ Shape of the job (only paths cross the runner; pixels are decoded and written by
                    -> GroupByKey
                    -> ParDo(WriteShard): sort paths, decode each, write one TFRecord file, plus a
                       summary JSON and a heartbeat file in OUT/.tmp-<id>/
-    launcher: read the summaries, check found == written + rejected, move the shards into OUT,
-              write rejects.jsonl, then manifest.json (the commit point).
+    launcher: read the summaries, check found == written + rejected, write rejects.jsonl and
+              manifest.json into the temp folder, then move the shards, the rejects and last the
+              manifest (the commit point) into OUT.
+
+Before any work: stale temp folders of killed runs are removed, existing outputs are found by a
+literal listing (pipeline/beam_files.py: `-o 'a/rec*'` is a name, not a pattern), and a local OUT
+must have room for the records. A disk that fills up anyway is one DataError, the previous output
+untouched.
 
 Byte-identical output on every run and runner setting: shard membership is a stable hash of the
 relative path, records inside a shard are sorted by path, decoding is deterministic, and the
@@ -28,7 +34,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 import zlib
 from collections import Counter
 from contextlib import contextmanager
@@ -36,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 # Beam's own TFRecord framing (length, masked CRC32C of length, payload, masked CRC32C of payload).
 # It is an internal helper (leading underscore), used because WriteToTFRecord cannot give us our own
@@ -51,11 +56,14 @@ from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo, FnApiRunner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-from pipeline.decode import DecodeError, decode_image, read_bytes
+from pipeline import beam_files
+from pipeline.beam_files import (OUTPUT_ERRNOS, TempFolder, check_free_space, output_error, pipeline_failure,
+                                 read_file, remove_stale_temp_folders)
+from pipeline.decode import DecodeError, decode_image, read_error_reason
 from pipeline.discover import Discovery, discover
 from pipeline.errors import DataError
 from pipeline.folds import FOLD_SPLITS
-from pipeline.manifest import Manifest, SplitInfo, write_manifest
+from pipeline.manifest import Manifest, SplitInfo
 from pipeline.records import encode_example
 from pipeline.schema import (CHANNELS, DEFAULT_IMAGE_SIZE, LABEL_NAMES, LAYOUT_ALIGNED_VALID, LAYOUT_FOLDS,
                              MANIFEST_NAME, REJECTS_NAME, RECORD_SUFFIX, SPLIT_DIRS, shard_name)
@@ -72,7 +80,9 @@ SHARDING = "zlib.crc32(utf-8 relative path) mod shard count; records sorted by p
 _SHARD_FILE = re.compile(r"^(" + "|".join((*SPLIT_DIRS, *FOLD_SPLITS)) + r")-\d+-of-\d+"
                          + re.escape(RECORD_SUFFIX) + r"$")
 _OUTPUT_NAMES = (MANIFEST_NAME, REJECTS_NAME)
-_TMP_PREFIX = ".tmp-"
+# Bytes a record adds to its pixels (protobuf fields, the path, TFRecord framing), for the
+# free-space check; generous (a path of 200 characters and the framing are about 260 bytes).
+RECORD_OVERHEAD_BYTES = 512
 
 
 @dataclass
@@ -96,10 +106,14 @@ class PreprocessSummary:
     files_per_worker: list[int] = field(default_factory=list)   # files each worker process handled
     counters: dict[str, int] | None = None   # Beam Metrics, when the runner answers metrics queries
 
+    replaced: list[str] = field(default_factory=list)   # old output files that were removed
+    stale_removed: list[str] = field(default_factory=list)   # temp folders of killed runs, removed
+    stale_bytes: int = 0                                     # what they held
+    busy_temp: list[str] = field(default_factory=list)       # temp folders of runs still running
+
     @property
     def worker_processes(self) -> int:
         return len(self.files_per_worker)
-    replaced: list[str] = field(default_factory=list)   # old output files that were removed
 
 
 def stable_shard(relpath: str, shards: int) -> int:
@@ -137,6 +151,21 @@ class WriteShard(beam.DoFn):
         (split, shard, count), items = element
         items = sorted(i for i in items if i is not None)   # (relpath, label, age), ordered by path
         name = shard_name(split, shard, count)
+        summary = {"split": split, "shard": shard, "file": name, "assigned": len(items),
+                   "worker": f"{socket.gethostname()}:{os.getpid()}"}
+        try:
+            summary.update(self._write_shard(split, shard, name, items))
+        except OSError as err:
+            # The output location cannot take the records (disk full, quota, read-only...): not a
+            # bug, so no retry and no traceback from every worker; the launcher says it in one line.
+            if not isinstance(err, BeamIOError) and err.errno not in OUTPUT_ERRNOS:
+                raise
+            beam_files.delete_files([FileSystems.join(self.tmp, name)])   # frees the space it took
+            summary.update(written=0, by_label={}, by_age={}, rejects=[],
+                           error=f"cannot write {name}: {err.strerror or err}")
+        self._write_json("summaries", _heartbeat_name(split, shard), summary)
+
+    def _write_shard(self, split: str, shard: int, name: str, items: list) -> dict:
         by_label: Counter = Counter()
         by_age: Counter = Counter()
         rejects = []
@@ -146,10 +175,9 @@ class WriteShard(beam.DoFn):
                                 compression_type=CompressionTypes.UNCOMPRESSED) as f:
             for done, (relpath, label, age) in enumerate(items, 1):
                 try:
-                    data = read_bytes(FileSystems.join(self.root, relpath))
+                    data = read_file(FileSystems.join(self.root, relpath))
                 except Exception as err:  # noqa: BLE001 - an unreadable file is a reject, not a crash
-                    reason = f"cannot read file: {getattr(err, 'exception_details', None) or err}"
-                    rejects.append((relpath, reason))
+                    rejects.append((relpath, read_error_reason(err)))
                     self.rejected_counter.inc()
                 else:
                     try:
@@ -167,11 +195,8 @@ class WriteShard(beam.DoFn):
                     # The launcher polls these files: workers may be other processes or machines.
                     self._write_json("progress", _heartbeat_name(split, shard), {"done": done})
                     last_beat = now
-        self._write_json("summaries", _heartbeat_name(split, shard), {
-            "split": split, "shard": shard, "file": name, "assigned": len(items),
-            "written": sum(by_label.values()), "by_label": dict(by_label), "by_age": dict(by_age),
-            "rejects": rejects, "worker": f"{socket.gethostname()}:{os.getpid()}",
-        })
+        return {"written": sum(by_label.values()), "by_label": dict(by_label), "by_age": dict(by_age),
+                "rejects": rejects}
 
 
 def _explode(plan):
@@ -268,44 +293,28 @@ def _workers_can_import_us() -> Iterator[None]:
 
 
 def _existing_outputs(out: str) -> list[str]:
-    """Files in OUT that a previous run wrote (manifest, rejects, shards), as full paths."""
+    """Files in OUT that a previous run wrote (manifest, rejects, shards), as full paths: OUT is
+    listed and the names matched literally (never a glob on the user's path)."""
     # No exists() check first: on object stores (gs://, s3://) a folder is only a prefix and
     # "does not exist" even when it holds files.
-    try:
-        metas = FileSystems.match([FileSystems.join(out, "*")])[0].metadata_list
-    except Exception:  # noqa: BLE001 - an empty or unlistable prefix holds nothing of ours
-        return []
-    found = []
-    for meta in metas:
-        name = meta.path.replace("\\", "/").rsplit("/", 1)[-1]
-        if name in _OUTPUT_NAMES or _SHARD_FILE.match(name):
-            found.append(meta.path)
-    return sorted(found)
+    return [FileSystems.join(out, name) for name in beam_files.list_names(out)
+            if name in _OUTPUT_NAMES or _SHARD_FILE.match(name)]
 
 
-def _check_writable(tmp: str, plan_summary: dict) -> None:
-    """Write the plan into the temp folder now: an unwritable OUT is one clear error, not a
-    failure deep inside a worker."""
+def _write_launcher_file(out: str, path: str, data: bytes) -> None:
+    """A file the launcher writes into the temp folder: an unwritable OUT is one clear error."""
     try:
-        with FileSystems.create(FileSystems.join(tmp, "plan.json"),
-                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            f.write(json.dumps(plan_summary, sort_keys=True).encode("utf-8"))
-    except Exception as err:  # noqa: BLE001 - permission denied, read-only file system, bad bucket...
-        detail = getattr(err, "exception_details", None) or err
-        raise DataError(f"cannot write into {tmp.rsplit('/', 1)[0]}: {detail}") from None
+        beam_files.write_file(path, data)
+    except Exception as err:  # noqa: BLE001 - permission denied, read-only file system, disk full, bad bucket...
+        raise output_error(out, err) from None
 
 
 def _read_json_files(folder: str) -> dict[str, dict]:
     """name -> parsed JSON of every file in a folder; files being rewritten right now are skipped."""
-    try:
-        metas = FileSystems.match([FileSystems.join(folder, "*")])[0].metadata_list
-    except Exception:  # noqa: BLE001 - folder not created yet
-        return {}
     bodies = {}
-    for meta in metas:
+    for name in beam_files.list_names(folder):
         try:
-            with FileSystems.open(meta.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                bodies[meta.path.replace("\\", "/").rsplit("/", 1)[-1]] = json.loads(f.read())
+            bodies[name] = json.loads(read_file(FileSystems.join(folder, name)))
         except Exception:  # noqa: BLE001 - a heartbeat caught mid-write: use the next poll's value
             continue
     return bodies
@@ -354,6 +363,7 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
     root = discovery.root
     if FileSystems.exists(out) and "://" not in out and not os.path.isdir(out):
         raise DataError(f"output {out} is a file; -o needs a folder")
+    stale, stale_bytes, busy = remove_stale_temp_folders(out)
     old = _existing_outputs(out)
     if old and not overwrite:
         raise DataError(f"{out} already holds records ({len(old)} files: manifest, shards or rejects); "
@@ -368,21 +378,28 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
                     for split, n in sorted(per_split.items())}
     plan = _plan(discovery, shard_counts)
     total = len(discovery.candidates)
+    check_free_space(out, total * (image_size * image_size * CHANNELS + RECORD_OVERHEAD_BYTES),
+                     f"the {total} records")
 
-    tmp = FileSystems.join(out, f"{_TMP_PREFIX}{uuid.uuid4().hex[:12]}")
+    temp = TempFolder(out)
+    tmp = temp.path
     try:
-        _check_writable(tmp, {"root": root, "layout": discovery.layout, "files": total, "shards": shard_counts})
+        try:
+            temp.lock()
+        except OSError as err:
+            raise output_error(out, err) from None
+        plan_summary = {"root": root, "layout": discovery.layout, "files": total, "shards": shard_counts}
+        _write_launcher_file(out, FileSystems.join(tmp, "plan.json"),
+                             json.dumps(plan_summary, sort_keys=True).encode("utf-8"))
         result, counters = _run_pipeline(plan, root, tmp, image_size, options, local, total, start, progress)
         summaries = _read_json_files(FileSystems.join(tmp, "summaries"))
+        failed = sorted(body["error"] for body in summaries.values() if body.get("error"))
+        if failed:
+            raise DataError(f"{failed[0]} in {out}; nothing was replaced (free space or fix the folder, then rerun)")
         manifest, rejects = _reconcile(discovery, plan, shard_counts, summaries, image_size)
         replaced = _commit(out, tmp, old, manifest, rejects)
     finally:
-        try:
-            # Object stores (gs://, s3://) delete a whole prefix when it ends with "/"; the local
-            # file system would read that as a pattern of top-level files and keep the subfolders.
-            FileSystems.delete([tmp + "/" if "://" in tmp else tmp])
-        except Exception:  # noqa: BLE001 - best effort (nothing written yet, or already gone)
-            pass
+        temp.close()
     seconds = time.monotonic() - start
     if progress is not None:
         progress({"done": total, "total": total, "rate": total / max(seconds, 1e-9)})
@@ -393,7 +410,8 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
         reject_reasons=dict(sorted(Counter(_reason_kind(r) for _, r in rejects).items())),
         skipped_folders=discovery.skipped_folders, seconds=seconds,
         images_per_second=manifest.found / max(seconds, 1e-9), runner=runner,
-        layout=discovery.layout, unlisted=discovery.unlisted, files_per_worker=_files_per_worker(summaries), counters=counters, replaced=replaced)
+        layout=discovery.layout, unlisted=discovery.unlisted, files_per_worker=_files_per_worker(summaries),
+        counters=counters, replaced=replaced, stale_removed=stale, stale_bytes=stale_bytes, busy_temp=busy)
 
 
 def _files_per_worker(summaries: dict[str, dict]) -> list[int]:
@@ -440,7 +458,7 @@ def _run_pipeline(plan, root, tmp, image_size, options, local, total, start, pro
             done = min(total, sum(int(b.get("done", 0)) for b in beats.values()))
             progress({"done": done, "total": total, "rate": done / max(time.monotonic() - start, 1e-9)})
     if "error" in outcome:
-        raise outcome["error"]
+        raise pipeline_failure(outcome["error"], tmp.rsplit("/", 1)[0])
     result = outcome["result"]
     counters = None
     try:
@@ -458,19 +476,20 @@ def _reconcile(discovery: Discovery, plan, shard_counts, summaries, image_size):
     for split, count in shard_counts.items():
         by_label = {name: 0 for name in LABEL_NAMES}
         by_age: Counter = Counter()
-        shards = []
+        shards, shard_records = [], []
         for shard in range(count):
             body = summaries.get(_heartbeat_name(split, shard))
             if body is None:
                 raise DataError(f"internal check failed: shard {shard} of {split} reported nothing; "
                                 f"nothing was replaced, rerun the command")
             shards.append(body["file"])
+            shard_records.append(int(body["written"]))
             for name, n in body["by_label"].items():
                 by_label[name] += n
             by_age.update(body["by_age"])
             rejects.extend((path, reason) for path, reason in body["rejects"])
         splits[split] = SplitInfo(shards=shards, count=sum(by_label.values()), by_label=by_label,
-                                  by_age={a: by_age[a] for a in sorted(by_age, key=int)})
+                                  by_age={a: by_age[a] for a in sorted(by_age, key=int)}, shard_counts=shard_records)
     for key, items in plan:
         split, shard, _ = key
         body = summaries[_heartbeat_name(split, shard)]
@@ -494,19 +513,16 @@ def _reconcile(discovery: Discovery, plan, shard_counts, summaries, image_size):
 
 
 def _commit(out: str, tmp: str, old: list[str], manifest: Manifest, rejects) -> list[str]:
-    """Swap the new output in. The old manifest goes first and the new one is written last, so at no
-    moment does OUT hold a manifest next to a mix of old and new shards."""
+    """Swap the new output in. rejects.jsonl and manifest.json are written into the temp folder
+    first (a full disk fails here, with nothing replaced); then the old manifest goes first and the
+    new one arrives last, so at no moment does OUT hold a manifest next to a mix of old and new
+    shards. Renames need no space."""
+    text = "".join(json.dumps({"path": p, "reason": r}) + "\n" for p, r in rejects)
+    _write_launcher_file(out, FileSystems.join(tmp, REJECTS_NAME), text.encode("utf-8"))
+    _write_launcher_file(out, FileSystems.join(tmp, MANIFEST_NAME), manifest.to_json().encode("utf-8"))
     old_manifest = [p for p in old if p.replace("\\", "/").endswith("/" + MANIFEST_NAME)]
-    if old_manifest:
-        FileSystems.delete(old_manifest)
-    rest = [p for p in old if p not in old_manifest]
-    if rest:
-        FileSystems.delete(rest)
-    names = [name for split in manifest.splits.values() for name in split.shards]
-    if names:
-        FileSystems.rename([FileSystems.join(tmp, n) for n in names], [FileSystems.join(out, n) for n in names])
-    with FileSystems.create(FileSystems.join(out, REJECTS_NAME),
-                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write("".join(json.dumps({"path": p, "reason": r}) + "\n" for p, r in rejects).encode("utf-8"))
-    write_manifest(out, manifest)
+    beam_files.delete_files(old_manifest)
+    beam_files.delete_files([p for p in old if p not in old_manifest])
+    names = [name for split in manifest.splits.values() for name in split.shards] + [REJECTS_NAME, MANIFEST_NAME]
+    beam_files.rename([FileSystems.join(tmp, n) for n in names], [FileSystems.join(out, n) for n in names])
     return old

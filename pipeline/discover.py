@@ -1,7 +1,11 @@
 """Find the input files of an Adience tree, through Beam's FileSystems (local paths, gs://, s3://,
 ...), in the launching process: only paths, no pixels. Two layouts: the `agegender_cleaned`
 variant (aligned/ and valid/ with <age>_<F|M> folders) and the official distribution (five fold
-files naming the images under aligned/<user_id>/), chosen automatically or forced."""
+files naming the images under aligned/<user_id>/), chosen automatically or forced.
+
+Listing is literal (pipeline/beam_files.py: a ROOT holding `*?[]` is a name, not a pattern), and
+every entry found is accounted for: a dangling symbolic link, a FIFO, a device or an entry that
+cannot be read is a reject with its reason, never silently dropped."""
 from __future__ import annotations
 
 import re
@@ -9,6 +13,7 @@ from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.beam_files import list_tree, read_file
 from pipeline.errors import DataError
 from pipeline.folds import FOLD_FILE, N_FOLDS, FoldRow, check_subject_exclusive, fold_split, parse_fold_file
 from pipeline.schema import GENDER_CODES, LAYOUT_ALIGNED_VALID, LAYOUT_FOLDS, LAYOUTS, SPLIT_DIRS
@@ -52,33 +57,22 @@ class Discovery:
         return len(self.candidates) + len(self.skipped)
 
 
-def _check_local_listing(split_dir: str) -> None:
-    """Beam's local listing (os.walk) silently skips unreadable folders and does not follow
-    symbolic links to folders: find both here so that no file is silently left out."""
-    import os
-
-    problems = []
-    for dirpath, dirnames, _ in os.walk(split_dir, onerror=problems.append):
-        problems.extend(f"{os.path.join(dirpath, d)} is a symbolic link to a folder" for d in dirnames
-                        if os.path.islink(os.path.join(dirpath, d)))
-    if problems:
-        first = problems[0]
-        detail = f"{first.filename}: {first.strerror}" if isinstance(first, OSError) else first
-        raise DataError(f"cannot list every file under {split_dir} ({detail}); the listing would "
-                        f"silently miss files: fix the permissions or replace links with real folders")
-
-
 def _strip(root: str) -> str:
     return root.rstrip("/") if root not in ("/", "") else root
 
 
-def _list_files(folder: str) -> list[str]:
-    """Every file below `folder` ('**' crosses folders), as full '/'-separated paths."""
+def _list_files(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every entry below `folder`: (regular files, [(entry, why it cannot be read)]), full
+    '/'-separated paths. DataError when a folder below cannot be listed or is a symbolic link
+    (its files would be silently missed)."""
     try:
-        matched = FileSystems.match([FileSystems.join(folder, "**")])[0].metadata_list
+        listing = list_tree(folder)
     except Exception as err:  # noqa: BLE001 - BeamIOError wraps the file system's own error
         raise DataError(f"cannot list {folder}: {getattr(err, 'exception_details', err)}") from None
-    return [meta.path.replace("\\", "/") for meta in matched]
+    if listing.unlistable:
+        raise DataError(f"cannot list every file under {folder} ({listing.unlistable[0]}); the listing would "
+                        f"silently miss files: fix the permissions or replace links with real folders")
+    return listing.files, listing.problems
 
 
 def fold_files_present(root: str) -> list[int]:
@@ -121,18 +115,13 @@ def discover_aligned_valid(root: str) -> Discovery:
     any_split_dir = False
     for split, top in SPLIT_DIRS.items():
         split_dir = FileSystems.join(root, top)
-        # `**` crosses folders: every file below the split folder, so nothing is silently left out.
-        try:
-            matched = FileSystems.match([FileSystems.join(split_dir, "**")])[0].metadata_list
-        except Exception as err:  # noqa: BLE001 - BeamIOError wraps the file system's own error
-            raise DataError(f"cannot list {split_dir}: {getattr(err, 'exception_details', err)}") from None
-        if matched or FileSystems.exists(split_dir):
+        files, problems = _list_files(split_dir)
+        if files or problems or FileSystems.exists(split_dir):
             any_split_dir = True
-            if "://" not in split_dir:
-                _check_local_listing(split_dir)
         prefix = split_dir + "/"
-        for meta in matched:
-            path = meta.path.replace("\\", "/")
+        for path, problem in problems:
+            skipped.append((f"{top}/{path[len(prefix):]}", problem))
+        for path in files:
             if not path.startswith(prefix):
                 continue  # cannot happen with a well-behaved file system; never mislabel a file
             inside = path[len(prefix):]
@@ -147,7 +136,7 @@ def discover_aligned_valid(root: str) -> Discovery:
                 skipped.append((relpath, f"{BAD_FOLDER_REASON}: {parts[0]!r} (folder skipped)"))
                 continue
             candidates.append(Candidate(split, relpath, GENDER_CODES[m.group(2)], int(m.group(1))))
-        if matched:
+        if files or problems:
             splits.append(split)
     if not any_split_dir:
         if "://" not in root and not FileSystems.exists(root):
@@ -163,10 +152,10 @@ def discover_aligned_valid(root: str) -> Discovery:
 
 def _read_text(path: str) -> str:
     try:
-        with FileSystems.open(path) as f:
-            data = f.read()
+        data = read_file(path)
     except Exception as err:  # noqa: BLE001 - BeamIOError / OSError: one clear line
-        raise DataError(f"cannot read {path}: {getattr(err, 'exception_details', None) or err}") from None
+        detail = getattr(err, "strerror", None) or getattr(err, "exception_details", None) or err
+        raise DataError(f"cannot read {path}: {detail}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -197,13 +186,12 @@ def discover_folds(root: str) -> Discovery:
     fold_of = check_subject_exclusive(rows)
 
     aligned = FileSystems.join(root, SPLIT_DIRS["train"])
-    files = _list_files(aligned)
-    if not files and not FileSystems.exists(aligned):
+    files, problems = _list_files(aligned)
+    if not files and not problems and not FileSystems.exists(aligned):
         raise DataError(f"{root} has the fold files but no aligned/ folder with the images; expected {FOLDS_HINT}")
-    if "://" not in aligned:
-        _check_local_listing(aligned)
     prefix = root + "/"
     existing = {path[len(prefix):] for path in files if path.startswith(prefix)}
+    unusable = {path[len(prefix):]: reason for path, reason in problems if path.startswith(prefix)}
 
     candidates: list[Candidate] = []
     first_row: dict[str, FoldRow] = {}
@@ -214,13 +202,15 @@ def discover_folds(root: str) -> Discovery:
             # Written once: a second record of the same image would count it twice.
             rejects.append((row.relpath, f"duplicate row: {name} line {row.line} names the image of "
                                          f"{FOLD_FILE.format(k=earlier.fold)} line {earlier.line} again"))
+        elif row.relpath in unusable:
+            rejects.append((row.relpath, f"{unusable[row.relpath]}: {name} line {row.line} names it"))
         elif row.relpath not in existing:
             rejects.append((row.relpath, f"{MISSING_IMAGE_REASON}: {name} line {row.line} names it but "
                                          f"there is no such file"))
         else:
             candidates.append(Candidate(fold_split(row.fold), row.relpath, row.label, row.age))
     named = set(first_row) | {what for what, _ in rejects}
-    unlisted = sorted(existing - named)
+    unlisted = sorted((existing | set(unusable)) - named)
     candidates.sort(key=lambda c: (c.split, c.relpath))
     rejects.sort()
     users: dict[str, set[str]] = {}

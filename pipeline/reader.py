@@ -12,18 +12,24 @@ Order of the pipeline, and why:
   took about 2/3 of the CPU time of parsing record by record, measured) -> augment the uint8 batch
   (pipeline/augment.py) -> prefetch.
 Mean subtraction and the float cast are NOT done here: the model does them (on the accelerator).
+
+Records are a contract checked on read: every shard file must hold exactly the records the manifest
+says (`tf.data.experimental.assert_cardinality` on each file's stream, inside the interleave, so the
+check holds whatever comes after it: file or record sharding across input pipelines, shuffling,
+skip, drop_remainder, the RAM cache); a short, long or corrupt shard fails the iteration, and
+`pipeline.shard_check.records_error` turns that failure into one line naming the shard.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
-from apache_beam.io.filesystems import FileSystems
 
+from pipeline import files
 from pipeline.errors import DataError
 from pipeline.manifest import Manifest, join, load_manifest
 from pipeline.schema import CHANNELS, MEMORY_MODES
@@ -69,14 +75,16 @@ def parse_record(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]
     }
 
 
-def _as_split_list(split: str | Sequence[str]) -> list[str]:
+def as_split_list(split: str | Sequence[str]) -> list[str]:
+    """A split name or a list of them, as a non-empty list."""
     splits = [split] if isinstance(split, str) else list(split)
     if not splits:
         raise DataError("no split given; name at least one split (e.g. train)")
     return splits
 
 
-def _check_splits(records_dir: str, manifest: Manifest, splits: list[str]) -> None:
+def check_splits(records_dir: str, manifest: Manifest, splits: list[str]) -> None:
+    """DataError unless every split is in the manifest and together they hold records."""
     available = sorted(manifest.splits)
     for name in splits:
         if name not in manifest.splits:
@@ -85,23 +93,40 @@ def _check_splits(records_dir: str, manifest: Manifest, splits: list[str]) -> No
         raise DataError(f"split {'+'.join(splits)} of {records_dir} holds no records")
 
 
-def _shard_paths(records_dir: str, manifest: Manifest, splits: list[str]) -> list[str]:
-    paths = []
+def rerun_hint(records_dir: str, manifest: Manifest | None = None) -> str:
+    """What to do about damaged records: rewrite them from their source."""
+    root = manifest.source_root if manifest is not None else "ROOT"
+    return f"rerun `python cli.py preprocess -i {root} -o {records_dir} --overwrite`"
+
+
+class Shards(NamedTuple):
+    """The shard files of some splits, in order, with each one's record count (None when the
+    manifest, written by an older preprocess, does not say) and the splits' total."""
+
+    paths: list[str]
+    counts: list[int] | None
+    total: int
+
+
+def _shard_paths(records_dir: str, manifest: Manifest, splits: list[str]) -> Shards:
+    paths, counts = [], []
     for name in splits:
-        for shard in manifest.splits[name].shards:
+        info = manifest.splits[name]
+        for shard in info.shards:
             path = join(records_dir, shard)
-            if not FileSystems.exists(path):
+            if not files.exists(path):
                 raise DataError(f"shard {path} listed in the manifest is missing; the records directory is "
-                                f"incomplete: rerun `python cli.py preprocess ... -o {records_dir} --overwrite`")
+                                f"incomplete: {rerun_hint(records_dir, manifest)}")
             paths.append(path)
-    return paths
+        counts = None if counts is None or info.shard_counts is None else counts + list(info.shard_counts)
+    return Shards(paths, counts, sum(manifest.splits[name].count for name in splits))
 
 
 def describe_dataset(records_dir: str, split: str | Sequence[str], image_size: int | None = None) -> dict:
     """Count, shards and the RAM the high memory mode needs (count x S x S x 3 bytes, before caching)."""
-    splits = _as_split_list(split)
+    splits = as_split_list(split)
     manifest = load_manifest(records_dir, image_size)
-    _check_splits(records_dir, manifest, splits)
+    check_splits(records_dir, manifest, splits)
     count = sum(manifest.splits[name].count for name in splits)
     by_label: dict[str, int] = {}
     for name in splits:
@@ -130,21 +155,36 @@ def _pipeline_position(input_context) -> tuple[int, int]:
     return int(input_context.num_input_pipelines), int(input_context.input_pipeline_id)
 
 
-def _read_records(paths: list[str], num_pipelines: int, pipeline_id: int, file_seed: int | None) -> tf.data.Dataset:
-    """Serialized records of this input pipeline: files sharded when there are enough, else records."""
+def _read_records(shards: Shards, num_pipelines: int, pipeline_id: int, file_seed: int | None) -> tf.data.Dataset:
+    """Serialized records of this input pipeline: files sharded when there are enough, else records.
+
+    shards.counts: the records of each file (the manifest's shard_counts). Each file's stream must hold
+    exactly that many, checked as the file is read to its end, so the check covers every consumer
+    that reads the epoch to its end. Without counts (an older manifest) the whole stream is checked
+    against their total where it holds every file (one pipeline, or record sharding)."""
+    paths, counts = shards.paths, shards.counts
     shard_records = num_pipelines > 1 and len(paths) < num_pipelines
+    order = list(range(len(paths)))
     if num_pipelines > 1 and not shard_records:
-        paths = paths[pipeline_id::num_pipelines]
+        order = order[pipeline_id::num_pipelines]
     # With record sharding the file order stays fixed, so each pipeline keeps the same records in
     # every epoch and memory mode (there are fewer files than pipelines: little to shuffle anyway).
     if file_seed is not None and not shard_records:
-        paths = [paths[i] for i in np.random.default_rng(file_seed).permutation(len(paths))]
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    ds = files.interleave(
-        # TFRecordDataset's default read buffer (256 KB): a 4 MB one cost more CPU per record here.
-        lambda p: tf.data.TFRecordDataset(p),
-        cycle_length=min(len(paths), INTERLEAVE_CYCLE), block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        order = [order[i] for i in np.random.default_rng(file_seed).permutation(len(order))]
+    chosen = [paths[i] for i in order]
+    cycle = min(len(chosen), INTERLEAVE_CYCLE)
+    # TFRecordDataset's default read buffer (256 KB): a 4 MB one cost more CPU per record here.
+    if counts is not None:
+        names = tf.data.Dataset.from_tensor_slices((chosen, tf.constant([counts[i] for i in order], tf.int64)))
+        ds = names.interleave(
+            lambda p, n: tf.data.TFRecordDataset(p).apply(tf.data.experimental.assert_cardinality(n)),
+            cycle_length=cycle, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(chosen).interleave(
+            tf.data.TFRecordDataset, cycle_length=cycle, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True)
+        if num_pipelines == 1 or shard_records:
+            ds = ds.apply(tf.data.experimental.assert_cardinality(shards.total))
     if shard_records:
         ds = ds.shard(num_pipelines, pipeline_id)
     return ds
@@ -162,7 +202,7 @@ def clear_memory_cache() -> None:
         _HIGH_CACHE.clear()
 
 
-def _cached_decoded(records_dir: str, manifest: Manifest, splits: list[str], paths: list[str],
+def _cached_decoded(records_dir: str, manifest: Manifest, splits: list[str], shards: Shards,
                     num_pipelines: int, pipeline_id: int) -> tf.data.Dataset:
     # The manifest's content is part of the key: records rewritten in place are not served stale.
     key = (records_dir, tuple(splits), num_pipelines, pipeline_id, manifest.to_json())
@@ -170,7 +210,7 @@ def _cached_decoded(records_dir: str, manifest: Manifest, splits: list[str], pat
         ds = _HIGH_CACHE.get(key)
         if ds is None:
             size = manifest.image_size
-            ds = (_read_records(paths, num_pipelines, pipeline_id, file_seed=None)
+            ds = (_read_records(shards, num_pipelines, pipeline_id, file_seed=None)
                   .batch(PARSE_CHUNK)
                   .map(lambda s: parse_record(s, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                   .unbatch()
@@ -187,9 +227,12 @@ def _cache_prefix(cache_file: str, manifest: Manifest, splits: list[str], num_pi
     key = json.dumps([manifest.to_json(), splits, num_pipelines, pipeline_id])
     prefix = f"{cache_file}.{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if not tf.io.gfile.exists(prefix + ".index"):
-        for stale in tf.io.gfile.glob(prefix + "_*"):
-            if stale.endswith(".lockfile") or ".tempstate" in stale:
-                tf.io.gfile.remove(stale)
+        # Listed and matched literally (no glob: the user's path may hold * ? [ ]).
+        folder, base = prefix.rsplit("/", 1) if "/" in prefix else (".", prefix)
+        names = tf.io.gfile.listdir(folder) if tf.io.gfile.isdir(folder) else []
+        for name in names:
+            if name.startswith(base + "_") and (name.endswith(".lockfile") or ".tempstate" in name):
+                tf.io.gfile.remove(join(folder, name))
     return prefix
 
 
@@ -218,22 +261,22 @@ def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, 
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if skip < 0:
         raise ValueError(f"skip must be >= 0, got {skip}")
-    splits = _as_split_list(split)
+    splits = as_split_list(split)
     manifest = load_manifest(records_dir, image_size)
-    _check_splits(records_dir, manifest, splits)
-    paths = _shard_paths(records_dir, manifest, splits)
+    check_splits(records_dir, manifest, splits)
+    shards = _shard_paths(records_dir, manifest, splits)
     size = manifest.image_size
     num_pipelines, pipeline_id = _pipeline_position(input_context)
 
     if memory == "high":
-        ds = _cached_decoded(records_dir, manifest, splits, paths, num_pipelines, pipeline_id)
+        ds = _cached_decoded(records_dir, manifest, splits, shards, num_pipelines, pipeline_id)
         if shuffle:
             # Everything is in RAM already: a full shuffle buffer gives a uniform permutation.
             count = sum(manifest.splits[name].count for name in splits)
             ds = ds.shuffle(max(count, 1), seed=derive_seed(seed, epoch, "shuffle"), reshuffle_each_iteration=False)
     else:
         file_seed = derive_seed(seed, epoch, "files") if shuffle and cache_file is None else None
-        ds = _read_records(paths, num_pipelines, pipeline_id, file_seed)
+        ds = _read_records(shards, num_pipelines, pipeline_id, file_seed)
         if cache_file:
             ds = ds.cache(_cache_prefix(cache_file, manifest, splits, num_pipelines, pipeline_id))
         if shuffle:

@@ -3,10 +3,9 @@
 
 Real image files on disk in the `agegender_cleaned` layout (ROOT/aligned/<age>_<F|M>/*.jpg for
 training, ROOT/valid/... for validation), with a visual difference between the classes that even a
-frozen random-weight backbone picks up: female faces are bright and warm (reddish), male faces dark
-and cool (bluish), on random backgrounds with random shapes and per-pixel noise, so that no two
-images are identical and nothing else separates the classes. Mostly JPEG, plus every other format
-the decoder must handle, and (optionally) bad files of every kind the job must reject.
+frozen random-weight backbone picks up: by colour (the default) or by shape only — see
+pipeline/synthetic_faces.py. Mostly JPEG, plus every other format the decoder must handle, and
+(optionally) bad files of every kind the job must reject.
 """
 from __future__ import annotations
 
@@ -19,14 +18,10 @@ from PIL import Image
 
 from pipeline.folds import FOLD_COLUMNS, FOLD_FILE, N_FOLDS, fold_split
 from pipeline.schema import GENDER_CODES, LABEL_NAMES, SPLIT_DIRS
+from pipeline.synthetic_faces import CUES, render_face
 
 # Folder ages: one inside each Adience group, plus 35 between groups (25-32 and 38-43).
 AGES = (2, 5, 10, 17, 28, 35, 40, 50, 65)
-
-# Face colours (RGB) per label: the learnable cue is both hue and brightness, so greyscale
-# images keep it too (female bright, male dark).
-_FACE_RGB = {0: (245.0, 150.0, 115.0), 1: (45.0, 85.0, 200.0)}
-_FACE_JITTER = 12.0
 
 # Kinds of good image besides plain JPEG, one of each in the training split when it is large enough.
 SPECIAL_KINDS = ("png", "gray_jpeg", "cmyk_jpeg", "palette_png", "rgba_png", "exif_rotated_jpeg",
@@ -73,42 +68,6 @@ class SyntheticSummary(_ExpectedCounts):
         return len(self.images) + len(self.rejects)
 
 
-def _render(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
-    """One face-like RGB uint8 picture: background gradient, shaded ellipse, features, shapes, noise."""
-    # Shapes are drawn at a quarter of the resolution and upscaled (smooth, and 16x less work);
-    # the noise is added at full resolution so every file differs and compresses like a photo.
-    low = max(32, size // 4)
-    yy, xx = np.mgrid[0:low, 0:low].astype(np.float32) / low
-    c0, c1 = rng.uniform(80, 180, 3), rng.uniform(80, 180, 3)
-    angle = rng.uniform(0, 2 * np.pi)
-    t = np.clip(0.5 + (xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle), 0, 1)[..., None]
-    img = c0 * (1 - t) + c1 * t
-    # A few random shapes behind the face (random colours, so they carry no class information).
-    for _ in range(rng.integers(2, 6)):
-        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.03, 0.1)
-        mask = (np.abs(xx - cx) < r) & (np.abs(yy - cy) < r) if rng.random() < 0.5 \
-            else (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
-        img[mask] = rng.uniform(60, 200, 3)
-    # The face: an ellipse with the class colour, shaded towards its border.
-    cx, cy = 0.5 + rng.uniform(-0.05, 0.05, 2)
-    rx, ry = rng.uniform(0.30, 0.36), rng.uniform(0.38, 0.44)
-    d = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
-    face = d < 1
-    colour = np.array(_FACE_RGB[label], np.float32) + rng.uniform(-_FACE_JITTER, _FACE_JITTER, 3)
-    shade = (1.0 - 0.2 * d)[..., None]
-    img = np.where(face[..., None], colour * shade, img)
-    # Eyes and mouth: dark, at slightly random places.
-    for ex in (-0.11, 0.11):
-        e = ((xx - cx - ex) / 0.05) ** 2 + ((yy - cy + 0.08 + rng.uniform(-0.02, 0.02)) / 0.03) ** 2 < 1
-        img[e] = rng.uniform(10, 50)
-    mouth = (np.abs(xx - cx) < rng.uniform(0.06, 0.12)) & (np.abs(yy - cy - 0.18) < 0.02)
-    img[mouth] = (rng.uniform(60, 120), 30.0, 40.0)
-    small = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
-    big = np.asarray(small.resize((size, size), Image.Resampling.BILINEAR), dtype=np.int16)
-    noise = rng.integers(-6, 7, size=(size, size, 1), dtype=np.int16)
-    return np.clip(big + noise, 0, 255).astype(np.uint8)
-
-
 def _encode(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> bytes:
     """RGB pixels -> the bytes of a file of the given kind."""
     im = Image.fromarray(rgb, "RGB")
@@ -146,9 +105,9 @@ def write_image(path: str, rgb: np.ndarray, kind: str = "jpeg", seed: int = 0) -
         f.write(_encode(rgb, kind, np.random.default_rng(seed)))
 
 
-def face_image(label: int, size: int = 256, seed: int = 0) -> np.ndarray:
+def face_image(label: int, size: int = 256, seed: int = 0, cue: str = "colour") -> np.ndarray:
     """One synthetic face (RGB uint8 size×size×3) of the given label: 0 female, 1 male."""
-    return _render(np.random.default_rng(seed), label, size)
+    return render_face(np.random.default_rng(seed), label, size, cue)
 
 
 def pure_red(size: int = 64) -> np.ndarray:
@@ -166,7 +125,7 @@ def bad_file_bytes(kind: str, rng: np.random.Generator, size: int = 64) -> bytes
         return b"This is not an image: a note left in the data folder.\n"
     if kind == "random_bytes":
         return rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
-    jpeg = _encode(_render(rng, 0, size), "jpeg", rng)
+    jpeg = _encode(render_face(rng, 0, size), "jpeg", rng)
     if kind == "truncated_jpeg":
         return jpeg[: len(jpeg) // 2]
     if kind == "broken_jpeg":
@@ -185,17 +144,21 @@ def _folder(age: int, label: int) -> str:
 
 
 def make_adience_tree(root: str, n_train: int = 120, n_valid: int = 40, image_size: int = 256,
-                      seed: int = 0, bad_files: bool = True, variety: bool = True) -> SyntheticSummary:
+                      seed: int = 0, bad_files: bool = True, variety: bool = True,
+                      cue: str = "colour") -> SyntheticSummary:
     """Write a generated Adience-shaped tree under `root` (a local directory) and say what is in it.
 
     n_train / n_valid good images alternate female/male and cycle over AGES. With `variety`, the
     training split also gets one image of every SPECIAL_KINDS format/size and one pure red PNG, the
     validation split one of every VALID_SPECIAL_KINDS (each when the split has at least twice as
     many images as special kinds); without it every image is a
-    image_size×image_size JPEG (the benchmark's input). With `bad_files`, the tree also holds one
+    image_size×image_size JPEG (the benchmark's input). `cue`: what separates the classes, "colour"
+    or "shape" (pipeline/synthetic_faces.py). With `bad_files`, the tree also holds one
     file of every BAD_KINDS kind (plus a truncated one in valid/), the bad-folder one being a good
     image inside aligned/unknown/.
     """
+    if cue not in CUES:
+        raise ValueError(f"unknown cue {cue!r}; choose one of {', '.join(CUES)}")
     rng = np.random.default_rng(seed)
     by_label = {s: {name: 0 for name in LABEL_NAMES} for s in SPLIT_DIRS}
     by_age: dict[str, dict[str, int]] = {s: {} for s in SPLIT_DIRS}
@@ -215,7 +178,7 @@ def make_adience_tree(root: str, n_train: int = 120, n_valid: int = 40, image_si
             if kind == "red_png":
                 label = 0   # red is the warm (female) cue
             size = {"small_jpeg": max(16, image_size // 2), "large_png": image_size * 3 // 2}.get(kind, image_size)
-            rgb = pure_red(size) if kind == "red_png" else _render(rng, label, size)
+            rgb = pure_red(size) if kind == "red_png" else render_face(rng, label, size, cue)
             ext = "png" if kind.endswith("png") else "jpg"
             relpath = f"{top}/{_folder(age, label)}/landmark_aligned_face.{i}.{rng.integers(1 << 40):010x}.{ext}"
             path = os.path.join(root, *relpath.split("/"))
@@ -236,7 +199,7 @@ def make_adience_tree(root: str, n_train: int = 120, n_valid: int = 40, image_si
                 folder = f"{top}/{BAD_FOLDER}"
                 skipped.append(folder)
                 relpath = f"{folder}/landmark_aligned_face.bad.{j}.jpg"
-                data = _encode(_render(rng, 0, image_size), "jpeg", rng)
+                data = _encode(render_face(rng, 0, image_size), "jpeg", rng)
             else:
                 relpath = f"{top}/{_folder(AGES[j % len(AGES)], j % 2)}/bad_{kind}.{j}.jpg"
                 data = bad_file_bytes(kind, rng)
@@ -331,7 +294,7 @@ def make_adience_folds(root: str, n_users: int = 10, faces_per_user: int = 4, im
             cell, age = FOLD_AGE_CELLS[(i * faces_per_user + j) % len(FOLD_AGE_CELLS)]
             face_id += 1
             image = original_name()
-            relpath = write_face(user, image, face_id, _encode(_render(rng, label, image_size), "jpeg", rng))
+            relpath = write_face(user, image, face_id, _encode(render_face(rng, label, image_size), "jpeg", rng))
             lines[k].append([user, image, str(face_id), cell, "fm"[label], *geometry()])
             split = fold_split(k)
             images[relpath], labels[relpath], ages[relpath] = split, label, age
@@ -351,7 +314,7 @@ def make_adience_folds(root: str, n_users: int = 10, faces_per_user: int = 4, im
                 lines[k].append(["this line has no tabs, it is not a row"])
                 rejects[f"{FOLD_FILE.format(k=k)}:{len(lines[k]) + 1}"] = kind   # +1: the header
                 continue
-            data = _encode(_render(rng, 0, image_size), "jpeg", rng)
+            data = _encode(render_face(rng, 0, image_size), "jpeg", rng)
             if kind == "gender_u":
                 cells[4] = "u"
             elif kind == "empty_gender":
@@ -367,7 +330,7 @@ def make_adience_folds(root: str, n_users: int = 10, faces_per_user: int = 4, im
             rejects[relpath] = kind
         face_id += 1
         unlisted.append(write_face(next(iter(users)), original_name(), face_id,
-                                   _encode(_render(rng, 1, image_size), "jpeg", rng)))
+                                   _encode(render_face(rng, 1, image_size), "jpeg", rng)))
     os.makedirs(root, exist_ok=True)
     for k in range(N_FOLDS):
         with open(os.path.join(root, FOLD_FILE.format(k=k)), "w", encoding="utf-8", newline="\n") as f:

@@ -1,4 +1,5 @@
-"""The classifier: the original's architecture by default, named cut/freeze layers, loading with checks."""
+"""The classifier: the standardized head by default and the original's on request, named cut/freeze
+layers, loading with checks."""
 from __future__ import annotations
 
 import keras
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.classifier import as_float32, build_classifier, load_classifier
+from model.classifier import (VARIANCE_FLOOR, as_float32, build_classifier, head_of, load_classifier,
+                              set_feature_statistics)
 from model.errors import ModelError
 from model.vggface import SLIM_WIDTHS, build_vggface
 
@@ -23,22 +25,23 @@ def _names(model: keras.Model) -> list[str]:
     return [layer.name for layer in model.layers]
 
 
-def test_defaults_reproduce_the_original(slim_t7, float32_policy):
+def test_default_head_standardizes_then_relu(slim_t7, float32_policy):
     from model.backbone import load_backbone
 
     clf = build_classifier(load_backbone(slim_t7))
     names = _names(clf)
-    assert clf.name == "gender_classifier"
+    assert clf.name == "gender_classifier" and head_of(clf) == "standardized"
     # Cut right after relu4_2: the backbone up to it, nothing of it after it, then the head.
-    assert names[names.index("relu4_2") + 1:] == ["head_dropout", "head_flatten", "head_dense", "male_prob"]
+    assert names[names.index("relu4_2") + 1:] == ["head_standardize", "head_dropout", "head_flatten",
+                                                  "head_dense", "male_prob"]
     assert "conv4_3" not in names and "fc6" not in names
     assert clf.input.dtype == "uint8" and tuple(clf.input.shape) == (None, 224, 224, 3)
     assert clf.get_layer("head_dropout").rate == 0.5
     dense, out = clf.get_layer("head_dense"), clf.get_layer("male_prob")
     assert dense.units == 32 and dense.activation.__name__ == "relu"
     assert out.units == 1 and out.activation.__name__ == "sigmoid"
-    # Frozen through relu4_2: only the head trains.
-    frozen = names[1:names.index("relu4_2") + 1]
+    # Frozen through relu4_2, and the standardization is fixed: only the two dense layers train.
+    frozen = names[1:names.index("relu4_2") + 1] + ["head_standardize"]
     assert frozen[0] == "preprocess" and all(not clf.get_layer(n).trainable for n in frozen)
     side = 224 // 8   # three poolings before block 4
     shapes = [tuple(v.shape) for v in clf.trainable_weights]
@@ -47,15 +50,44 @@ def test_defaults_reproduce_the_original(slim_t7, float32_policy):
     assert probs.shape == (2, 1) and np.all((probs > 0) & (probs < 1))
 
 
+def test_original_head_is_the_seed_s_linear_dense(float32_policy):
+    """--head original: Dropout(0.5) -> Flatten -> Dense(32) with Keras' default (linear)
+    activation -> Dense(1, sigmoid), on the raw features, as the seed had it."""
+    clf = build_classifier(build_vggface(SLIM_WIDTHS), head="original")
+    names = _names(clf)
+    assert head_of(clf) == "original"
+    assert names[names.index("relu4_2") + 1:] == ["head_dropout", "head_flatten", "head_dense", "male_prob"]
+    assert clf.get_layer("head_dense").activation.__name__ == "linear"
+    assert clf.get_layer("head_dense").get_config()["activation"] == keras.layers.Dense(1).get_config()["activation"]
+
+
+def test_feature_statistics_standardize_each_channel(float32_policy):
+    clf = build_classifier(build_vggface(SLIM_WIDTHS, image_size=32), dropout=0.0)
+    cut = keras.Model(clf.input, clf.get_layer("relu4_2").output)
+    standardized = keras.Model(clf.input, clf.get_layer("head_standardize").output)
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    features = np.asarray(cut(images), np.float64)
+    # Before statistics the layer is the identity.
+    np.testing.assert_allclose(np.asarray(standardized(images)), features, rtol=1e-5, atol=1e-5)
+    mean = np.linspace(1.0, 2.0, features.shape[-1])
+    variance = np.linspace(4.0, 9.0, features.shape[-1])
+    variance[0] = 0.0    # a dead channel: raised to the floor, not divided by zero
+    set_feature_statistics(clf, mean, variance)
+    floor = VARIANCE_FLOOR * variance.mean()
+    expected = (features - mean) / np.sqrt(np.maximum(variance, floor))
+    np.testing.assert_allclose(np.asarray(standardized(images)), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_cut_and_freeze_are_layer_names(float32_policy):
     clf = build_classifier(build_vggface(SLIM_WIDTHS), cut_layer="pool3", freeze_through="relu2_2",
                            dense_units=8, dropout=0.25)
-    assert _names(clf)[-5] == "pool3"
+    assert _names(clf)[-6] == "pool3"
     assert not clf.get_layer("conv2_2").trainable
     assert clf.get_layer("conv3_1").trainable and clf.get_layer("conv3_3").trainable
     assert clf.get_layer("head_dense").units == 8 and clf.get_layer("head_dropout").rate == 0.25
     everything = build_classifier(build_vggface(SLIM_WIDTHS), freeze_through="none")
-    assert all(layer.trainable for layer in everything.layers)
+    # Every layer trains but the fixed standardization.
+    assert [layer.name for layer in everything.layers if not layer.trainable] == ["head_standardize"]
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -64,6 +96,7 @@ def test_cut_and_freeze_are_layer_names(float32_policy):
     ({"cut_layer": "relu3_3", "freeze_through": "relu4_2"}, ["comes after", "relu3_3"]),
     ({"dense_units": 0}, ["--dense-units"]),
     ({"dropout": 1.0}, ["--dropout"]),
+    ({"head": "fancy"}, ["--head", "'fancy'", "standardized", "original"]),
 ])
 def test_bad_options_are_clear_errors(kwargs, words, float32_policy):
     with pytest.raises(ModelError) as err:

@@ -1,5 +1,6 @@
-"""`classify`: folders, path lists, the one-image form, bad files as error rows, output formats,
-batched == one by one, a non-classifier model refused."""
+"""`classify` on face crops (--faces aligned): folders, path lists, the one-image form, bad files as
+error rows, output formats, rows streamed as they are scored with bounded look-ahead, progress,
+batched == one by one, a non-classifier model refused. (Photos and face detection: test_faces.py.)"""
 from __future__ import annotations
 
 import csv
@@ -53,6 +54,10 @@ def mixed_folder(tmp_path_factory) -> str:
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     import cli
 
+    # The generated faces are drawn shapes no face detector finds: these tests classify them as the
+    # aligned crops they stand for (auto would treat their names as photos).
+    if "--faces" not in argv:
+        argv = [*argv, "--faces", "aligned"]
     status = cli.main(argv)
     out = capsys.readouterr()
     return status, out.out, out.err
@@ -69,6 +74,7 @@ def test_mixed_folder_error_rows_for_bad_files_scores_for_the_rest_exit_1(classi
     rows = {os.path.relpath(r["path"], mixed_folder): r for r in json.loads(out)}
     assert set(rows) == set(GOOD) | set(BAD)            # notes.txt skipped (reported), nothing lost
     assert "5 failed" in err and "1 files in the folders skipped" in err
+    assert err.strip().splitlines()[-1].startswith(f"classified {len(GOOD)} faces in {len(GOOD)} of {len(rows)} files")
     for rel, (_, words) in BAD.items():
         assert rows[rel]["label"] is None and rows[rel]["score"] is None
         assert words in rows[rel]["error"], (rel, rows[rel]["error"])
@@ -86,14 +92,23 @@ def test_table_and_csv_formats(classifier_path, mixed_folder, tmp_path, capsys):
     status, out, _ = _run(["classify", "-m", classifier_path, "-i", os.path.join(mixed_folder, "sub")], capsys)
     assert status == 1
     lines = out.splitlines()
-    assert lines[0].split() == ["path", "label", "score", "error"]
+    assert lines[0].split() == ["label", "score", "face", "box", "x,y,w,h", "conf", "path"]
     assert len(lines) == 1 + sum(rel.startswith("sub/") for rel in [*GOOD, *BAD])
+    for line in lines[1:]:
+        if "error: " in line:
+            assert line.split()[:5] == ["-"] * 5
+        else:
+            label, score, face, box, conf, path = line.split()
+            assert label in ("female", "male") and 0 <= float(score) <= 1 and (face, box, conf) == ("0", "-", "-")
+            assert path.startswith(os.path.join(mixed_folder, "sub"))
     target = tmp_path / "out.csv"
     status, out, err = _run(["classify", "-m", classifier_path, "-i", mixed_folder, "--format", "csv",
                              "-o", str(target)], capsys)
     assert status == 1 and out == "" and str(target) in err
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert list(rows[0]) == ["path", "face", "x", "y", "w", "h", "confidence", "crop", "label", "score", "error"]
     assert len(rows) == len(GOOD) + len(BAD)
+    assert {r["crop"] for r in rows if not r["error"]} == {"input"}
     assert {r["path"] for r in rows if r["error"]} == {os.path.join(mixed_folder, rel) for rel in BAD}
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows if not r["error"])
 
@@ -158,6 +173,21 @@ def test_batched_scores_equal_one_by_one(model, mixed_folder):
         assert b.score == pytest.approx(s.score, abs=1e-5)
 
 
+def test_inputs_reached_twice_are_classified_once(mixed_folder, tmp_path):
+    """A file named twice, named and inside a folder given too, a folder and its subfolder in either
+    order: each image once, in the order first reached; a second pass gives the same entries."""
+    from model.classify_inputs import Inputs
+
+    sub = os.path.join(mixed_folder, "sub")
+    a = os.path.join(mixed_folder, "a_female.jpg")
+    inputs = Inputs([a, sub, mixed_folder, a, os.path.join(sub, "c_gray.jpg"), sub])
+    paths = [e.path for e in inputs]
+    assert sorted(os.path.relpath(p, mixed_folder) for p in paths) == sorted(set(GOOD) | set(BAD))
+    assert paths[0] == a and all(p.startswith(sub) for p in paths[1:1 + 5])
+    assert [e.path for e in inputs] == paths and inputs.count() == len(paths)
+    assert inputs.skipped == 1
+
+
 def test_expand_inputs_searches_folders_case_insensitively(mixed_folder, tmp_path):
     from model.classify import expand_inputs
 
@@ -192,3 +222,99 @@ def test_unwritable_output_is_one_line_exit_2(classifier_path, mixed_folder, tmp
     assert status == 2 and out == ""
     assert err.strip().splitlines() == [f"error: cannot write {target} (No such file or directory); "
                                         f"pass a writable -o path"]
+
+
+# ------------------------------------------------------------------ streaming
+def test_jsonl_one_object_per_line_and_json_stays_one_array(classifier_path, mixed_folder, capsys):
+    status, out, _ = _run(["classify", "-m", classifier_path, "-i", mixed_folder, "--format", "jsonl"], capsys)
+    assert status == 1
+    lines = out.splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == len(GOOD) + len(BAD)
+    assert set(rows[0]) == {"path", "face", "box", "confidence", "crop", "label", "score", "error"}
+    _, out_json, _ = _run(["classify", "-m", classifier_path, "-i", mixed_folder, "--format", "json"], capsys)
+    assert json.loads(out_json) == rows
+
+
+def test_rows_are_written_and_flushed_as_they_are_scored_with_bounded_look_ahead(model, mixed_folder, tmp_path):
+    """With batches of 2, the first rows are on disk while later files have not even been listed:
+    the stream pulls at most its window of entries ahead and keeps no list of rows."""
+    from model.classify import ClassifyStream
+    from model.classify_inputs import Entry
+    from model.classify_output import RowWriter
+
+    good = [os.path.join(mixed_folder, rel) for rel in GOOD]
+    pulled = []
+
+    def entries():
+        for i in range(200):
+            pulled.append(i)
+            yield Entry(good[i % len(good)])
+
+    stream = ClassifyStream(model, entries(), faces="aligned", batch_size=2, workers=2)
+    target = tmp_path / "rows.jsonl"
+    with open(target, "w") as out:
+        writer = RowWriter(out, "jsonl")
+        rows = iter(stream)
+        writer.write([next(rows)])
+        on_disk = target.read_text().splitlines()          # read through another handle: flushed
+        assert len(on_disk) == 1 and json.loads(on_disk[0])["path"] == good[0]
+        window = max(2 * 2, 2 * stream.workers)
+        assert len(pulled) <= window + 2, len(pulled)     # not the 200 entries
+        writer.write(rows)
+        writer.close()
+    assert len(target.read_text().splitlines()) == 200 and len(pulled) == 200
+    assert stream.tally.files == 200 and stream.tally.faces == 200 and stream.tally.failed == 0
+
+
+def test_progress_events_count_every_file_and_the_total_arrives(model, mixed_folder):
+    from model.classify import ClassifyStream
+    from model.classify_inputs import Inputs
+
+    events = []
+    inputs = Inputs([mixed_folder])
+    rows = list(ClassifyStream(model, inputs, faces="aligned", batch_size=3, progress=events.append,
+                               total=inputs.count))
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert sum(e["count"] for e in events if e["event"] == "batch") == len(rows) == len(GOOD) + len(BAD)
+    assert [e["faces"] for e in events if e["event"] == "batch"][-1] == len(GOOD)
+    assert all(e["total"] == len(rows) for e in events if e["event"] == "total")
+
+
+def test_json_array_is_valid_whatever_the_number_of_rows():
+    from model.classify import ClassifyRow
+    from model.classify_output import format_rows
+
+    assert json.loads(format_rows([], "json")) == []
+    rows = [ClassifyRow(path="a.jpg", face=0, crop="input", label="male", score=0.75),
+            ClassifyRow(path="b.jpg", error="truncated image")]
+    assert [r["path"] for r in json.loads(format_rows(rows, "json"))] == ["a.jpg", "b.jpg"]
+    assert [json.loads(line)["error"] for line in format_rows(rows, "jsonl").splitlines()] == [None, "truncated image"]
+
+
+def test_ctrl_c_keeps_the_rows_written_valid_json_and_says_so(classifier_path, mixed_folder, tmp_path, capsys,
+                                                              monkeypatch):
+    import cli
+
+    def interrupting_progress():
+        done = []
+
+        def on_event(event: dict) -> None:
+            if event["event"] == "batch":
+                done.append(1)
+                if len(done) == 4:
+                    raise KeyboardInterrupt
+        return on_event
+
+    monkeypatch.setattr(cli, "_classify_progress", interrupting_progress)
+    target = tmp_path / "rows.json"
+    status, out, err = _run(["classify", "-m", classifier_path, "-i", mixed_folder, "--format", "json", "-b", "1",
+                             "-o", str(target)], capsys)
+    assert status == 130
+    rows = json.loads(target.read_text())           # the array was closed
+    assert len(rows) == 4                            # the files finished before the interrupt
+    lines = err.strip().splitlines()                 # counts = what was written
+    assert lines[-2].startswith(f"classified {sum(r['score'] is not None for r in rows)} faces in ")
+    assert " of 4 files" in lines[-2]
+    assert lines[-1].startswith("interrupted: the rows written are complete")

@@ -281,7 +281,9 @@ def test_cli_prints_summary_and_defaults_the_report_beside_the_model(classifier_
     report_dir = tmp_path / "my_model_report"
     report = json.loads((report_dir / "report.json").read_text())
     assert report["splits"] == ["valid"]
-    assert f"valid: n={report['valid']['n']}  accuracy={report['valid']['accuracy']:.4f}" in proc.stdout
+    base = report["valid"]["majority_baseline"]
+    assert (f"valid: n={report['valid']['n']}  accuracy={report['valid']['accuracy']:.4f} "
+            f"(always {base['class']}: {base['accuracy']:.4f})") in proc.stdout
     filled = [e["accuracy"] for g, e in report["valid"]["by_age"].items() if e["n"] and g in GROUPS]
     if len(set(filled)) > 1:
         assert f"worst age group: {report['valid']['worst_age_group']['group']}" in proc.stdout
@@ -336,9 +338,27 @@ def test_summary_names_the_worst_age_group_with_its_accuracy_and_count():
     m = split_metrics(np.array([0, 1, 0, 1, 1]), np.array([0.1, 0.9, 0.8, 0.2, 0.7], np.float32),
                       np.array([1, 1, 30, 30, 30]))
     lines = summary_lines({"splits": ["valid"], "valid": m}, "somewhere")
-    assert lines[0] == "valid: n=5  accuracy=0.6000  loss=" + f"{m['loss']:.4f}  auc={m['auc']:.4f}"
+    assert lines[0] == ("valid: n=5  accuracy=0.6000 (always male: 0.6000)  loss="
+                        + f"{m['loss']:.4f}  auc={m['auc']:.4f}")
     assert lines[1] == "  worst age group: 25-32 accuracy=0.3333 (n=3)"
     assert lines[-1].startswith(f"report: {os.path.join('somewhere', 'report.json')}")
+    assert not any("collapsed" in line for line in lines)
+
+
+def test_majority_baseline_and_a_collapsed_model_are_said():
+    """A model that answers one class for everyone is said plainly; its accuracy is the baseline's."""
+    from model.evaluate import split_metrics
+    from model.report import summary_lines
+
+    labels = np.array([0, 0, 0, 1])
+    m = split_metrics(labels, np.full(4, 0.5, np.float32), np.array([30, 30, 30, 30]))
+    assert m["majority_baseline"] == {"class": "female", "accuracy": 0.75}
+    assert m["one_class_predictions"] == "female" and m["accuracy"] == 0.75
+    lines = summary_lines({"splits": ["valid"], "valid": m}, "somewhere")
+    assert "(always female: 0.7500)" in lines[0]
+    assert lines[1].startswith("  warning: every prediction is female: the model has collapsed to one class")
+    mixed = split_metrics(labels, np.array([0.1, 0.2, 0.9, 0.8], np.float32), np.array([30] * 4))
+    assert mixed["one_class_predictions"] is None
 
 
 def test_library_refuses_unknown_memory_mode_and_batch_size(classifier_path, records_dir):

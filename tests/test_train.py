@@ -56,6 +56,11 @@ def test_preprocess_then_train_learns_the_generated_set(command_run):
     assert "strategy: default, 1 replica(s) on 1 worker(s); precision: float32" in out
     assert "120 training / 40 validation images (224x224); batch 16 per replica = 16 global, 7 steps" in out
     assert "augmentation on" in out and "resumed" not in out
+    # The cut layer's feature scale, measured at set-up: the generated weights' is the real network's.
+    rms = float(re.search(r"^features: relu4_2 RMS ([\d.e+]+) \(max [\d.e+]+, over 120 training images\); "
+                          r"standardized per channel inside the model$", out, re.M).group(1))
+    assert 10 <= rms <= 100
+    assert "warning" not in out
     assert len(re.findall(r"^epoch 2/2 step \d+/7: loss [\d.]+, acc [\d.]+%, [\d,]+ img/s$", out, re.M)) >= 2
     assert len(re.findall(r"^epoch \d: .* validation \(40 images\)", out, re.M)) == 2
     rows = _history(output)
@@ -165,10 +170,47 @@ def test_frozen_layers_do_not_change(tmp_path, slim_t7, records_dir):
     trained = load_classifier(result.output)
     fresh = build_classifier(load_backbone(slim_t7))
     frozen = [layer.name for layer in fresh.layers if not layer.trainable and layer.weights]
-    assert frozen[0] == "conv1_1" and frozen[-1] == "conv4_2"
-    for name in frozen:
+    assert frozen[0] == "conv1_1" and frozen[-2:] == ["conv4_2", "head_standardize"]
+    for name in frozen[:-1]:
         for before, after in zip(fresh.get_layer(name).get_weights(), trained.get_layer(name).get_weights()):
             np.testing.assert_array_equal(before, after)
+    # The standardization was fixed once, before the first step, from the training images' features.
+    stats = trained.get_layer("head_standardize")
+    assert not np.allclose(stats.moving_mean.numpy(), 0.0) and not np.allclose(stats.moving_variance.numpy(), 1.0)
     for name in ("head_dense", "male_prob"):
         before, after = fresh.get_layer(name).get_weights()[0], trained.get_layer(name).get_weights()[0]
         assert not np.array_equal(before, after), name
+
+
+def test_a_collapsed_model_is_said_by_train_and_evaluate(tmp_path, slim_t7):
+    """Trained on female faces only, the model answers "female" for everyone: train warns after the
+    epoch, and evaluate puts the majority-class baseline beside the accuracy and says so too."""
+    import shutil
+
+    from pipeline.beam_job import run_preprocess
+    from pipeline.synthetic import make_adience_tree
+
+    root = tmp_path / "root"
+    make_adience_tree(str(root), n_train=24, n_valid=10, image_size=48, seed=2, bad_files=False, variety=False)
+    for folder in (root / "aligned").iterdir():
+        if folder.name.endswith("_M"):
+            shutil.rmtree(folder)
+    records = str(tmp_path / "records")
+    run_preprocess(str(root), records, image_size=32, beam_args=["--direct_num_workers=1",
+                                                                 "--direct_running_mode=in_memory"])
+    model = str(tmp_path / "m.keras")
+    done = _run([*CLI, "train", "-w", slim_t7, "-i", records, "-o", model, "-b1", "8", "--no-augment"])
+    assert re.search(r"^warning: epoch 1: every validation prediction is female: the model answers one class "
+                     r"for everyone \(collapsed\); lower --learning-rate", done.stdout, re.M), done.stdout
+    done = _run([*CLI, "evaluate", "-m", model, "-i", records])
+    assert "accuracy=0.5000 (always female: 0.5000)" in done.stdout
+    assert "warning: every prediction is female: the model has collapsed to one class" in done.stdout
+
+
+def test_collapse_is_one_class_or_a_loss_of_ln2():
+    from model.train import collapse_reason
+
+    assert collapse_reason(0.30, 0, 40) == "every validation prediction is female"
+    assert collapse_reason(0.30, 40, 40) == "every validation prediction is male"
+    assert "ln 2" in collapse_reason(0.6935, 17, 40)
+    assert collapse_reason(0.6900, 17, 40) is None and collapse_reason(0.2, 1, 40) is None

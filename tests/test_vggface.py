@@ -7,7 +7,7 @@ import pytest
 
 from model.distribute import precision
 from model.vggface import (CONV_NAMES, FULL_WIDTHS, LAYER_NAMES, SLIM_WIDTHS, VGG_MEAN_BGR,
-                           MeanSubtract, VGGWidths, build_vggface, widths_of)
+                           MeanSubtract, VGGWidths, build_vggface, mean_subtraction, widths_of)
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +46,12 @@ def test_widths_come_from_the_weight_shapes(slim_model):
         VGGWidths(conv=(4,) * 12, fc6=1, fc7=1, fc8=1)
 
 
-def test_mean_subtract_is_image_minus_bgr_mean_per_channel():
+def test_mean_subtraction_is_image_minus_bgr_mean_per_channel():
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
-    out = np.asarray(MeanSubtract()(images))
+    out = np.asarray(mean_subtraction()(images))
+    # The legacy layer of older model files computes the same, bit for bit.
+    np.testing.assert_array_equal(np.asarray(MeanSubtract()(images)), out)
     assert out.dtype == np.float32
     # Channel 0 is blue, 2 is red: B - 93.5940, G - 104.7624, R - 129.1863.
     assert VGG_MEAN_BGR == (93.5940, 104.7624, 129.1863)
@@ -61,7 +63,7 @@ def test_mean_subtract_is_image_minus_bgr_mean_per_channel():
 def test_the_model_itself_subtracts_the_mean_first(slim_model):
     """Callers feed raw BGR pixels: the "preprocess" layer right after the input does the rest."""
     assert slim_model.layers[1].name == "preprocess"
-    assert isinstance(slim_model.layers[1], MeanSubtract)
+    assert isinstance(slim_model.layers[1], keras.layers.Rescaling)   # built in: loads without us
     sub = keras.Model(slim_model.input, slim_model.get_layer("preprocess").output)
     image = np.random.default_rng(3).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
     expected = image.astype(np.float32) - np.asarray(VGG_MEAN_BGR, dtype=np.float32)
@@ -78,12 +80,13 @@ def test_mixed_precision_keeps_preprocess_and_prob_float32():
     assert prob.dtype == np.float32
 
 
-def test_mean_subtract_stays_float32_after_deserialization():
-    layer = MeanSubtract(name="preprocess", dtype="bfloat16")
-    assert layer.compute_dtype == "float32"
-    config = keras.saving.serialize_keras_object(layer)
-    again = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    assert isinstance(again, MeanSubtract) and again.compute_dtype == "float32"
+def test_mean_subtraction_stays_float32_under_mixed_precision_and_after_deserialization():
+    with precision("mixed_bfloat16"):
+        layer = mean_subtraction()
+        assert layer.compute_dtype == "float32"
+        config = keras.saving.serialize_keras_object(layer)
+        again = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    assert isinstance(again, keras.layers.Rescaling) and again.compute_dtype == "float32"
 
 
 def test_other_image_sizes_build_and_tiny_ones_are_refused():

@@ -1,0 +1,102 @@
+"""`classify`'s rows as text, written as they come: table, CSV, JSON (one array) and JSON Lines.
+
+Every format streams: each row is written and flushed as soon as it is scored (a table's columns
+have fixed widths, the path last, instead of widths measured over all rows; a JSON array is
+opened first and closed at the end). Scores are P(male).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict
+from typing import Iterable, TextIO
+
+from model.classify import ClassifyRow, Tally
+
+OUTPUT_FORMATS = ("table", "csv", "json", "jsonl")
+# CSV columns: the box is spread over x, y, w, h (JSON keeps it as one [x, y, w, h] list).
+CSV_FIELDS = ("path", "face", "x", "y", "w", "h", "confidence", "crop", "label", "score", "error")
+_TABLE = "{label:<6}  {score:>8}  {face:>4}  {box:<19}  {conf:>5}  {path}"
+
+
+def _table_line(row: ClassifyRow | None) -> str:
+    if row is None:
+        return _TABLE.format(label="label", score="score", face="face", box="box x,y,w,h", conf="conf", path="path")
+    line = _TABLE.format(label=row.label or "-", score="-" if row.score is None else f"{row.score:.6f}",
+                         face="-" if row.face is None else row.face,
+                         box="-" if row.box is None else ",".join(map(str, row.box)),
+                         conf="-" if row.confidence is None else f"{row.confidence:.3f}", path=row.path)
+    return f"{line}  error: {row.error}" if row.error else line
+
+
+def _csv_cells(row: ClassifyRow) -> list:
+    box = row.box or ["", "", "", ""]
+    return [row.path, "" if row.face is None else row.face, *box,
+            "" if row.confidence is None else f"{row.confidence:.6f}", row.crop or "", row.label or "",
+            "" if row.score is None else f"{row.score:.9g}", row.error or ""]
+
+
+class RowWriter:
+    """Writes rows to a text stream in one of OUTPUT_FORMATS, flushing after each `write`;
+    `close` ends the output (a JSON array's closing bracket) and must follow, also after an error."""
+
+    def __init__(self, out: TextIO, fmt: str = "table"):
+        if fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
+        self.out, self.fmt, self.count = out, fmt, 0
+        self._csv = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+        if fmt == "csv":
+            self._csv.writerow(CSV_FIELDS)
+        elif fmt == "table":
+            out.write(_table_line(None) + "\n")
+        elif fmt == "json":
+            out.write("[")
+        out.flush()
+
+    def write(self, rows: Iterable[ClassifyRow]) -> None:
+        for row in rows:
+            if self.fmt == "csv":
+                self._csv.writerow(_csv_cells(row))
+            elif self.fmt == "table":
+                self.out.write(_table_line(row) + "\n")
+            elif self.fmt == "jsonl":
+                self.out.write(json.dumps(asdict(row)) + "\n")
+            else:
+                self.out.write(("\n  " if self.count == 0 else ",\n  ") + json.dumps(asdict(row)))
+            self.count += 1
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.out.write("\n]\n" if self.count else "]\n")
+        self.out.flush()
+
+
+def format_rows(rows: Iterable[ClassifyRow], fmt: str = "table") -> str:
+    """All rows as one string in one of OUTPUT_FORMATS."""
+    import io
+
+    buffer = io.StringIO()
+    writer = RowWriter(buffer, fmt)
+    writer.write(rows)
+    writer.close()
+    return buffer.getvalue()
+
+
+def familiar_block(row: ClassifyRow) -> str:
+    """The original's one-image output."""
+    return f"****\noutput class is {row.label}. (sigmoid value={row.score!r})\n****\n"
+
+
+def summary_line(tally: Tally, skipped_files: int, min_face: int, output: str | None = None) -> str:
+    """The run in one line: faces classified, files failed, what was skipped and where rows went."""
+    labels = ", ".join(f"{tally.labels.get(name, 0)} {name}" for name in ("female", "male"))
+    text = (f"classified {tally.faces} faces in {tally.files - tally.failed} of {tally.files} files: {labels}, "
+            f"{tally.failed} failed (unreadable, or no face found)")
+    if tally.small_faces:
+        text += f"; {tally.small_faces} faces smaller than {min_face} px skipped"
+    if skipped_files:
+        text += f"; {skipped_files} files in the folders skipped (not an image extension)"
+    if output:
+        text += f"; rows written to {output}"
+    return text

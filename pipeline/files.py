@@ -1,0 +1,63 @@
+"""File access for training, evaluation and classification: TensorFlow's tf.io.gfile, which reads
+local paths and gs:// itself. Only `preprocess` needs Apache Beam (its FileSystems serve the Beam
+job); nothing here imports Beam, and TensorFlow is imported only when a file is touched, so the
+Beam workers that import pipeline modules do not pay for it.
+
+s3://: TensorFlow 2.21 no longer has an S3 file system (it moved to the tensorflow-io package);
+when tensorflow-io is installed it is imported to register it, otherwise s3:// paths get one
+clear line saying so.
+"""
+from __future__ import annotations
+
+from pipeline.errors import DataError
+
+_S3_HINT = ("TensorFlow 2.21 cannot read s3:// paths by itself (its S3 file system moved to the "
+            "tensorflow-io package, which is not installed); copy the records to a local folder or gs://")
+
+
+def is_remote(path: str) -> bool:
+    """A URL of a file system (gs://, s3://, ...) rather than a local path."""
+    return "://" in path
+
+
+def join(directory: str, name: str) -> str:
+    """directory/name for local paths and URLs alike."""
+    if not directory:
+        return name
+    return f"{directory.rstrip('/')}/{name}"
+
+
+def gfile(path: str = ""):
+    """tf.io.gfile, with the S3 file system registered first when `path` needs it."""
+    import tensorflow as tf
+
+    if path.startswith("s3://"):
+        try:
+            import tensorflow_io  # noqa: F401  (registers s3:// with tf.io.gfile)
+        except ImportError:
+            raise DataError(f"{path}: {_S3_HINT}") from None
+    return tf.io.gfile
+
+
+def exists(path: str) -> bool:
+    return gfile(path).exists(path)
+
+
+def size(path: str) -> int:
+    """Size in bytes of a file."""
+    return int(gfile(path).stat(path).length)
+
+
+def read_text(path: str) -> str:
+    with gfile(path).GFile(path, "rb") as f:
+        return f.read().decode("utf-8")
+
+
+def write_text(path: str, text: str) -> None:
+    with gfile(path).GFile(path, "wb") as f:
+        f.write(text.encode("utf-8"))
+
+
+def open_read(path: str):
+    """A binary file object for reading (tf.io.gfile.GFile)."""
+    return gfile(path).GFile(path, "rb")

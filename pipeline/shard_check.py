@@ -1,0 +1,73 @@
+"""Which shard breaks the records contract, and the one line that says so.
+
+The reader (pipeline/reader.py) makes a short, long or corrupt shard fail the iteration; tf.data's
+error does not say which file. After such a failure, `records_error` reads every shard of the
+splits once more, names the first bad one and says to rerun preprocess. Used by `evaluate` and by
+the training loop (catch tf.errors.OpError around the iteration).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from pipeline import files
+from pipeline.errors import DataError
+from pipeline.manifest import join, load_manifest
+from pipeline.reader import PARSE_CHUNK, as_split_list, check_splits, parse_record, rerun_hint
+
+
+def _shard_problem(path: str, expected: int | None, image_size: int) -> tuple[int, str | None]:
+    """(records read, what is wrong or None): every record of one shard read and parsed."""
+    if not files.exists(path):
+        return 0, "is missing"
+    ds = tf.data.TFRecordDataset(path).batch(PARSE_CHUNK).map(
+        lambda s: tf.shape(parse_record(s, image_size)["image"], out_type=tf.int64)[0])
+    try:
+        n = int(ds.reduce(tf.constant(0, tf.int64), lambda total, k: total + k))
+    except tf.errors.OpError as err:
+        detail = (err.message or type(err).__name__).strip().splitlines()[0][:200]
+        return 0, f"is corrupt ({detail})"
+    if expected is not None and n != expected:
+        return n, f"holds {n} records but the manifest says {expected}"
+    return n, None
+
+
+def find_corrupt_shard(records_dir: str, splits: str | Sequence[str]) -> tuple[str, str] | None:
+    """(shard path, what is wrong) for the first shard of the splits that is missing, corrupt (a
+    damaged or truncated record, a record that does not parse or has another image size) or holds
+    another number of records than the manifest says; None when every shard reads as promised.
+    A manifest without per-shard counts (older preprocess) can only tell a split's total: then the
+    path is the records folder. Reads every record of the splits: for diagnosing a failure, not for
+    the hot path."""
+    splits = as_split_list(splits)
+    manifest = load_manifest(records_dir)
+    check_splits(records_dir, manifest, splits)
+    for split in splits:
+        info = manifest.splits[split]
+        counts = info.shard_counts or [None] * len(info.shards)
+        read = 0
+        for name, expected in zip(info.shards, counts):
+            n, problem = _shard_problem(join(records_dir, name), expected, manifest.image_size)
+            if problem is not None:
+                return join(records_dir, name), problem
+            read += n
+        if read != info.count:
+            return records_dir, f"split {split} holds {read} records in its shards but the manifest says {info.count}"
+    return None
+
+
+def records_error(err: Exception, records_dir: str, splits: str | Sequence[str]) -> DataError | None:
+    """The one-line DataError for a failure while iterating a dataset of these splits, naming the
+    shard and what to do, when the records are to blame (find_corrupt_shard finds a bad shard);
+    None otherwise (the caller re-raises `err`). Catch tf.errors.OpError around the iteration."""
+    try:
+        found = find_corrupt_shard(records_dir, splits)
+        manifest = load_manifest(records_dir)
+    except DataError as problem:
+        return problem
+    if found is None:
+        return None
+    path, problem = found
+    where = f"{path}:" if path == records_dir else f"shard {path}"
+    return DataError(f"{where} {problem}: the records are damaged; {rerun_hint(records_dir, manifest)}")
