@@ -23,7 +23,8 @@ MAX_WIDTH = 640          # pixels: readable on a README page, a few tens of KB a
 BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[\w.-]+) .*?-->\n)(?P<body>.*?)(<!-- END generated -->)", re.S)
 # report.json keys shown in the README sample: the headline numbers and one view of each slice.
 REPORT_KEYS = ("model", "records", "threshold", "positive_class", "splits")
-SPLIT_KEYS = ("n", "accuracy", "loss", "auc", "confusion_matrix", "precision", "recall", "by_gender")
+SPLIT_KEYS = ("n", "accuracy", "loss", "auc", "majority_baseline", "confusion_matrix", "precision", "recall",
+              "by_gender")
 AGE_GROUPS_SHOWN = 2
 
 
@@ -73,8 +74,8 @@ def classify_sample(work: str) -> str:
                            os.path.join(work, "gender_classifier.keras"), "-i", folder],
                           capture_output=True, text=True, cwd=ROOT)
     header, *rows = proc.stdout.splitlines()
-    kept = [r for label in ("female", "male") for r in [r for r in rows if f"  {label}  " in r][:2]]
-    kept += [r for r in rows if r not in kept and " female " not in r and " male " not in r]
+    kept = [r for label in ("female", "male") for r in [r for r in rows if r.split()[0] == label][:2]]
+    kept += [r for r in rows if " error: " in r]
     summary = proc.stderr.replace("\r", "\n").strip().splitlines()[-1]
     command = f"$ python cli.py classify -m {work}/gender_classifier.keras -i {folder}"
     return "\n".join([command, header, *kept, f"… ({len(rows) - len(kept)} more rows)", summary])

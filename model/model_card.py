@@ -55,8 +55,14 @@ def _split_section(split: str, m: dict) -> list[str]:
     auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
     lines = [f"### {split}", "",
              "| n | accuracy [95 % interval] | loss | ROC AUC |", "|---:|---|---:|---:|",
-             f"| {m['n']} | {_accuracy_cell(m)} | {m['loss']:.4f} | {auc} |", "",
-             "| true gender | n | accuracy (recall) [95 % interval] | precision |", "|---|---:|---|---:|"]
+             f"| {m['n']} | {_accuracy_cell(m)} | {m['loss']:.4f} | {auc} |", ""]
+    baseline = m.get("majority_baseline")
+    if baseline is not None:
+        lines += [f"Against always answering the more frequent class ({baseline['class']}): accuracy "
+                  f"{baseline['accuracy']:.3f}.", ""]
+    if m.get("one_class_predictions"):
+        lines += [f"**Warning: the model answered {m['one_class_predictions']} for every face of this split.**", ""]
+    lines += ["| true gender | n | accuracy (recall) [95 % interval] | precision |", "|---|---:|---|---:|"]
     for name in LABEL_NAMES:
         entry = m["by_gender"][name]
         lines.append(f"| {name} | {entry['n']} | {_accuracy_cell(entry)} | {m['precision'][name]:.3f} |")

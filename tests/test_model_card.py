@@ -48,6 +48,10 @@ def test_the_card_shows_the_report_by_gender_and_age_group():
     assert re.search(r"^\| 25-32 \| 8 \| 0\.750 \[.*\| 0\.833 \(6\) \| 0\.500 \(2\) \|$", card, re.M)
     assert re.search(r"^\| 0-2 \| 0 \| – \| – \| – \|$", card, re.M)
     assert "Worst age group: **4-6**, accuracy 0.500 (n = 2)" in card
+    assert "Against always answering the more frequent class (female): accuracy 0.600." in card
+    assert "Warning" not in card
+    one_class = model_card(_report(labels, [0.1] * 10, ages))
+    assert "**Warning: the model answered female for every face of this split.**" in one_class
     for heading in ("## Model", "## Data", "## Metrics", "## Intended use", "## Limitations and ethical considerations"):
         assert heading in card
     assert "not anybody's gender identity" in card and "Not for decisions about real people" in card

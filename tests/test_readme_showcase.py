@@ -89,13 +89,15 @@ def test_the_report_sample_has_the_shape_evaluate_writes():
 
 
 def test_the_classify_sample_has_the_table_columns():
-    from model.classify import ClassifyRow, format_rows
+    from model.classify import ClassifyRow
+    from model.classify_output import format_rows
 
     table = _generated("classify-table").splitlines()
     assert table[0].startswith("$ python cli.py classify ")
     header = format_rows([ClassifyRow(path="a.jpg", label="male", score=0.9)], "table").splitlines()[0]
     assert table[1].split() == header.split()
-    assert re.fullmatch(r"classified \d+ of \d+ files: .*", table[-1])
+    assert any(" error: " in line for line in table)        # the demo's unreadable file
+    assert table[-1].startswith("classified ")
 
 
 def test_the_assets_script_rewrites_only_its_blocks():
