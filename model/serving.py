@@ -31,6 +31,7 @@ import tensorflow as tf
 from model.classifier import OUTPUT_LAYER, is_classifier
 from model.errors import ModelError
 from model.evaluate import DECISION_THRESHOLD
+from pipeline.decode import MAX_PIXELS
 from pipeline.schema import LABEL_NAMES
 
 SERVING_DEFAULT = "serving_default"
@@ -41,6 +42,7 @@ LABEL_OUTPUT = "label"
 # The EXIF (TIFF) tag of the orientation, and where the EXIF block sits in each container.
 _ORIENTATION_TAG = 0x0112
 _EXIF_HEADER = b"Exif\x00\x00"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A bound on IFD0's entries read (real files have a few dozen): keeps a corrupt count cheap.
 _MAX_IFD_ENTRIES = 512
 # White, what alpha is composited on (as pipeline.decode does).
@@ -112,9 +114,14 @@ def exif_orientation(data: tf.Tensor) -> tf.Tensor:
     the bytes: found in the container as Pillow finds it (JPEG APP1, PNG eXIf, WebP EXIF chunk).
     """
     b = tf.io.decode_raw(data, tf.uint8)
+    # (Two bytes at least: the reads below gather from b.)
+    return tf.cond(tf.size(b) >= 2, lambda: _orientation_of(b), lambda: tf.constant(1, tf.int64))
+
+
+def _orientation_of(b: tf.Tensor) -> tf.Tensor:
     none = lambda: tf.constant(-1, tf.int64)  # noqa: E731
     start = tf.cond(_is(b, 0, b"\xff\xd8"), lambda: _walk(b, 2, lambda p: _jpeg_step(b, p)), lambda: tf.cond(
-        _is(b, 0, b"\x89PNG\r\n\x1a\n"), lambda: _walk(b, 8, lambda p: _png_step(b, p)), lambda: tf.cond(
+        _is(b, 0, _PNG_SIGNATURE), lambda: _walk(b, 8, lambda p: _png_step(b, p)), lambda: tf.cond(
             _is(b, 0, b"RIFF") & _is(b, 8, b"WEBP"), lambda: _walk(b, 12, lambda p: _webp_step(b, p)), none)))
     # Some PNG/WebP writers keep JPEG's "Exif\0\0" before the TIFF header too.
     tiff = tf.where(_is(b, start, _EXIF_HEADER), start + len(_EXIF_HEADER), start)
@@ -138,7 +145,7 @@ def exif_orientation(data: tf.Tensor) -> tf.Tensor:
 def _upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     """The picture turned upright, as Pillow's ImageOps.exif_transpose turns it."""
     transpose = lambda x: tf.transpose(x, [1, 0, 2])  # noqa: E731 - Pillow's TRANSPOSE
-    return tf.switch_case(orientation - 1, [
+    return tf.switch_case(tf.cast(orientation - 1, tf.int32), [
         lambda: image,                                  # 1
         lambda: image[:, ::-1],                         # 2 FLIP_LEFT_RIGHT
         lambda: image[::-1, ::-1],                      # 3 ROTATE_180
@@ -195,8 +202,26 @@ def _lanczos_pass(image: tf.Tensor, axis: int, offset: tf.Tensor, side: tf.Tenso
     return tf.clip_by_value(tf.floor(out + 0.5), 0.0, 255.0)
 
 
+def _declared_pixels(data: tf.Tensor) -> tf.Tensor:
+    """Width x height from a JPEG's or PNG's header (0 for other formats), before decoding."""
+    # Padded: the header reads need 24 bytes even of an empty or truncated file.
+    head = tf.io.decode_raw(tf.strings.join([tf.strings.substr(data, 0, 24), b"\x00" * 24]), tf.uint8)
+    jpeg = lambda: tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64))  # noqa: E731
+    return tf.cond(tf.io.is_jpeg(data), jpeg,
+                   lambda: tf.where(_is(head, 0, _PNG_SIGNATURE), _uint(head, 16, 4, False) * _uint(head, 20, 4, False),
+                                    tf.constant(0, tf.int64)))
+
+
 def decode_for_model(data: tf.Tensor, size: int) -> tf.Tensor:
-    """One encoded file -> uint8 [size, size, 3] BGR: pipeline.decode.decode_image in TensorFlow ops."""
+    """One encoded file -> uint8 [size, size, 3] BGR: pipeline.decode.decode_image in TensorFlow ops.
+
+    JPEGs and PNGs above decode_image's MAX_PIXELS are refused before decoding (its decompression
+    bomb guard); other formats are decoded without that check."""
+    too_large = tf.debugging.assert_less_equal(
+        _declared_pixels(data), tf.constant(MAX_PIXELS, tf.int64),
+        message=f"image too large (more than {MAX_PIXELS} pixels; decompression bomb guard)")
+    with tf.control_dependencies([too_large]):
+        data = tf.identity(data)
     rgb = tf.cond(tf.io.is_jpeg(data), lambda: _decode_jpeg(data, size), lambda: _decode_other(data))
     rgb = _upright(rgb, exif_orientation(data))
     height, width = tf.shape(rgb)[0], tf.shape(rgb)[1]
@@ -214,8 +239,15 @@ def decode_batch(images: tf.Tensor, size: int) -> tf.Tensor:
 
 
 # ------------------------------------------------------------------ the export
+def _call(model: keras.Model, pixels: tf.Tensor) -> tf.Tensor:
+    """The model's [-1, 1] output; an empty batch gives an empty output (the convolutions of
+    TensorFlow 2.21's CPU build fail on a batch of 0 with "input depth must be evenly divisible")."""
+    return tf.cond(tf.shape(pixels)[0] > 0, lambda: tf.cast(model(pixels, training=False), tf.float32),
+                   lambda: tf.zeros([0, 1], tf.float32))
+
+
 def _named(probability: tf.Tensor) -> dict[str, tf.Tensor]:
-    probability = tf.reshape(tf.cast(probability, tf.float32), [-1])
+    probability = tf.reshape(probability, [-1])
     male = tf.cast(probability > DECISION_THRESHOLD, tf.int32)
     return {PROBABILITY_OUTPUT: probability, LABEL_OUTPUT: tf.gather(tf.constant(LABEL_NAMES), male)}
 
@@ -229,15 +261,16 @@ def export_savedmodel(model: keras.Model, directory: str) -> None:
     size = int(model.input_shape[1])
     pixels = tf.TensorSpec([None, size, size, 3], tf.uint8, name="image")
     encoded = tf.TensorSpec([None], tf.string, name="images")
-
+    endpoints = {
+        SERVING_DEFAULT: (lambda image: _named(_call(model, image)), pixels),
+        SERVE_IMAGES: (lambda images: _named(_call(model, decode_batch(images, size))), encoded),
+        KERAS_SERVE: (lambda image: _call(model, image), pixels),
+    }
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SERVING_DEFAULT, tf.function(lambda image: _named(model(image, training=False))),
-                         input_signature=[pixels])
-    archive.add_endpoint(SERVE_IMAGES, tf.function(
-        lambda images: _named(model(decode_batch(images, size), training=False))), input_signature=[encoded])
-    archive.add_endpoint(KERAS_SERVE, tf.function(lambda image: model(image, training=False)),
-                         input_signature=[pixels])
+    for name, (fn, spec) in endpoints.items():
+        # autograph off: the functions are plain TensorFlow ops, nothing to convert.
+        archive.add_endpoint(name, tf.function(fn, autograph=False), input_signature=[spec])
 
     directory = os.path.normpath(directory)
     partial, previous = f"{directory}.partial", f"{directory}.previous"
