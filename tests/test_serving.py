@@ -15,6 +15,7 @@ import site
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import keras
 import numpy as np
@@ -172,7 +173,8 @@ def test_in_graph_decoding_matches_decode_image(sample_files):
 def _declaring(data: bytes, width: int, height: int) -> bytes:
     """The file with its header's dimensions changed (JPEG: the SOF0 segment; PNG: IHDR)."""
     if data.startswith(b"\x89PNG"):
-        return data[:16] + width.to_bytes(4, "big") + height.to_bytes(4, "big") + data[24:]
+        ihdr = b"IHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + data[24:29]
+        return data[:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + data[33:]
     sof = data.index(b"\xff\xc0")
     return data[:sof + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[sof + 9:]
 
