@@ -1,4 +1,5 @@
-"""What a finished run leaves behind: the .keras model, the SavedModel for TF Serving, the history CSV,
+"""What a finished run leaves behind: the .keras model, the SavedModel for TF Serving (with a signature
+that takes encoded images: model/serving.py), the history CSV,
 and the digest that proves every worker ended with the same weights.
 
 Saved and exported in float32 outside the strategy, so they load and serve anywhere; each written
@@ -9,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import shutil
 
 import keras
 import numpy as np
@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from model.classifier import as_float32
 from model.distribute import precision
+from model.serving import export_savedmodel
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images_per_s", "seconds")
 
@@ -30,11 +31,7 @@ def write_outputs(model: keras.Model, paths: dict[str, str], history: list[dict]
     partial = f"{output[: -len('.keras')]}.partial.keras"
     final.save(partial)
     os.replace(partial, output)
-    partial_dir = f"{savedmodel}.partial"
-    shutil.rmtree(partial_dir, ignore_errors=True)
-    final.export(partial_dir, format="tf_saved_model", verbose=False)
-    shutil.rmtree(savedmodel, ignore_errors=True)
-    os.replace(partial_dir, savedmodel)
+    export_savedmodel(final, savedmodel)        # atomic itself; signatures in model/serving.py
     with open(paths["history_csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         writer.writeheader()
