@@ -200,8 +200,11 @@ class _Run:
             return {"feature_rms": rms, "feature_max": None, "stats_images": None}
         # The original head needs no statistics, only the magnitude for the report: a small sample.
         images = config.stats_images if standardized else min(config.stats_images, 64)
-        stats = cut_feature_statistics(self.model, config.cut_layer, config.records, self.train_splits, images,
-                                       image_size=self.train_info["image_size"])
+        try:
+            stats = cut_feature_statistics(self.model, config.cut_layer, config.records, self.train_splits, images,
+                                           image_size=self.train_info["image_size"])
+        except tf.errors.OpError as err:
+            raise self._records_problem(err, self.train_splits) from None
         if standardized:
             set_feature_statistics(self.model, stats.mean, stats.variance)
         return {"feature_rms": stats.rms, "feature_max": stats.max, "stats_images": stats.images}
