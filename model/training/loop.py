@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from model.classifier import STANDARDIZE_LAYER, build_classifier, set_feature_statistics
-from model.defaults import AUTO_CALL_SECONDS, HEAD_STANDARDIZED
+from model.calls import CallSizer
+from model.defaults import HEAD_STANDARDIZED
 from model.distribute import (TaskInfo, accelerators, precision, resolve_augment_on, resolve_jit, select_precision,
                               select_strategy, task_info)
 from model.errors import ModelError
@@ -30,8 +31,6 @@ from pipeline.manifest import manifest_digest
 from pipeline.reader import describe_dataset
 from pipeline.shard_check import records_error
 
-# Automatic steps per call (AUTO_CALL_SECONDS of steps) never exceed this.
-MAX_STEPS_PER_CALL = 1000
 # With several workers "auto" is this fixed number: every worker then makes the same calls.
 MULTIWORKER_STEPS_PER_CALL = 50
 # A validation loss this close to ln 2 means every score is about 0.5: the model has stopped telling
@@ -105,30 +104,6 @@ def _scalar(tag: str, value: float, step: int) -> None:
     tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step, metadata=metadata)
 
 
-class _CallSizer:
-    """How many steps the next training call runs: fixed, or (auto) sized from the measured step
-    time. The first call of an epoch is not measured (it pays for tracing and filling the input
-    pipeline)."""
-
-    def __init__(self, fixed: int | None):
-        self.fixed, self.seconds_per_step = fixed, None
-
-    def size(self, until_checkpoint: int) -> int:
-        if self.fixed is not None:
-            n = self.fixed
-        elif self.seconds_per_step is None:
-            n = 1
-        else:
-            n = int(min(MAX_STEPS_PER_CALL, max(1, AUTO_CALL_SECONDS / self.seconds_per_step)))
-        return max(1, min(n, until_checkpoint))
-
-    def observe(self, seconds: float, steps: int) -> None:
-        if steps:
-            measured = seconds / steps
-            self.seconds_per_step = measured if self.seconds_per_step is None else \
-                0.5 * self.seconds_per_step + 0.5 * measured
-
-
 class _Run:
     """One training run: the state shared by set-up, the epochs and the outputs."""
 
@@ -151,7 +126,7 @@ class _Run:
         self.jit = resolve_jit(config.jit, bool(self.devices))
         self.augment_on = resolve_augment_on(config.augment_on, bool(self.devices))
         auto = MULTIWORKER_STEPS_PER_CALL if self.info.workers > 1 else None
-        self.sizer = _CallSizer(config.steps_per_call or auto)
+        self.sizer = CallSizer(config.steps_per_call or auto)
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
