@@ -10,7 +10,8 @@ GPU — so any host work per step shows. Contestants, measured in rounds that al
 - the in-graph loop: the same classifier and optimizer, the same dataset, 20 steps inside one
   tf.function (a tf.range loop over the iterator, no host round trip between steps) — the fastest a
   Python-driven loop can be;
-- the project's loop with augmentation in the tf.data pipeline (host) and inside the step (device).
+- the project's loop with augmentation in the tf.data pipeline (host) and inside the step (device);
+- the project's loop with the step compiled by XLA (--jit on; `auto` leaves it off on a CPU).
 
 Target: the project's loop at >= 0.9 of the in-graph loop (median over the rounds).
 Usage: .venv/bin/python bench/bench_train_loop.py [--rounds 5] [--images 2048]
@@ -110,7 +111,7 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="bench-train-loop-")
     weights = os.path.join(work, "slim.t7")
     write_vggface_t7(weights)
-    samples: dict[str, list[float]] = {"project": [], "in_graph": [], "host_aug": [], "device_aug": []}
+    samples: dict[str, list[float]] = {"project": [], "in_graph": [], "host_aug": [], "device_aug": [], "jit": []}
     loads = []
     try:
         for r in range(args.rounds):
@@ -119,6 +120,7 @@ def main() -> int:
             samples["in_graph"].append(statistics.median(in_graph_loop(weights, records_dir, 5)))
             samples["host_aug"].append(project_loop(weights, records_dir, work, augment=True, augment_on="host"))
             samples["device_aug"].append(project_loop(weights, records_dir, work, augment=True, augment_on="device"))
+            samples["jit"].append(project_loop(weights, records_dir, work, augment=False, jit="on"))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in samples.items())
                   + " images/s", flush=True)
     finally:
@@ -132,6 +134,9 @@ def main() -> int:
         {"what": "the same with augmentation inside the step (--augment-on device)",
          "images_per_s": round(median["device_aug"]), "baseline": f"augmentation in tf.data: {median['host_aug']:,.0f}",
          "ratio": round(median["device_aug"] / median["host_aug"], 2)},
+        {"what": "the same without augmentation, step compiled by XLA (--jit on)",
+         "images_per_s": round(median["jit"]), "baseline": f"--jit off: {median['project']:,.0f}",
+         "ratio": round(median["jit"] / median["project"], 2)},
     ]
     for row in rows:
         print(f"{row['what']:95s} {row['images_per_s']:8,} images/s  {row['ratio']:.2f}x {row['baseline']}")
