@@ -118,11 +118,16 @@ def headline(stats: dict, n_folds: int) -> str:
 # ------------------------------------------------------------------ training
 def _fold_complete(config, state: dict | None) -> bool:
     """Does fold config's checkpoint say its training is finished, for these settings?"""
-    from model.training import config_fingerprint, fingerprint_changes
+    from model.training import config_fingerprint, fingerprint_changes, training_splits
+    from pipeline.manifest import manifest_digest
 
     if state is None or state["epoch"] != config.epochs:
         return False
-    return not fingerprint_changes(state["fingerprint"], config_fingerprint(config))
+    # The settings, and the records it was trained on (other records: the fold is trained again,
+    # and train itself then refuses the old checkpoint, saying so).
+    current = {**config_fingerprint(config),
+               "train_records": manifest_digest(config.records, training_splits(config.records, config.val_fold)[0])}
+    return not fingerprint_changes(state["fingerprint"], current)
 
 
 def train_folds(config, progress: Callable | None = None, folds: Sequence[int] | None = None) -> dict:
