@@ -439,23 +439,34 @@ def add_evaluate_parser(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-def _progress_bars(unit: str):
-    """A progress callback drawing one tqdm bar per split (or per run) on stderr."""
-    from tqdm import tqdm
+class _ScoringBars:
+    """Renders scoring's typed events (model/progress.py): one tqdm bar on stderr per split of
+    `evaluate` or per `classify` run (its total arrives once the inputs are counted; faces found as
+    postfix), and a line per fold of `evaluate --folds`."""
 
-    bars: dict = {}
+    def __init__(self):
+        self.bars: dict = {}
 
-    def on_event(event: dict) -> None:
-        key = event.get("split", "")
-        if event["event"] in ("split_start", "start"):
-            bars[key] = tqdm(total=event["total"], desc=key or None, unit=unit, file=sys.stderr,
-                             dynamic_ncols=True, leave=True, disable=None)
-        elif event["event"] == "batch" and key in bars:
-            bars[key].update(event["count"])
-        elif event["event"] in ("split_end", "end") and key in bars:
-            bars.pop(key).close()
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
 
-    return on_event
+        from model import progress as p
+
+        bar = self.bars.get(getattr(event, "name", None))
+        if isinstance(event, p.Started):
+            self.bars[event.name] = tqdm(total=event.total, desc=event.name, unit=event.unit, file=sys.stderr,
+                                         dynamic_ncols=True, leave=True, disable=None)
+        elif isinstance(event, p.TotalKnown) and bar is not None:
+            bar.total = event.total
+            bar.refresh()
+        elif isinstance(event, p.Advanced) and bar is not None:
+            if event.faces is not None:
+                bar.set_postfix(faces=event.faces, refresh=False)
+            bar.update(event.count)
+        elif isinstance(event, p.Ended) and bar is not None:
+            self.bars.pop(event.name).close()
+        elif isinstance(event, p.FoldEvaluating):
+            print(f"fold {event.fold}: {event.model}", file=sys.stderr, flush=True)
 
 
 def _evaluate_folds(args) -> int:
@@ -466,19 +477,11 @@ def _evaluate_folds(args) -> int:
         return _fail("--folds evaluates fold K's model on fold K for every K; drop --split "
                      "(or drop --folds and give -m one model with --split foldK)")
     report_dir = args.report_dir or default_report_dir(args.model)
-    bars = _progress_bars("img")
-
-    def progress(event: dict) -> None:
-        if event["event"] == "fold_start":
-            print(f"fold {event['fold']}: {event['model']}", file=sys.stderr, flush=True)
-        else:
-            bars(event)
-
     quiet = _DropFoldRetracing()
     logging.getLogger("tensorflow").addFilter(quiet)
     try:
         body = evaluate_folds(args.model, args.input, report_dir, batch_size=args.batch_size,
-                              memory=args.memory, strategy=args.strategy, progress=progress)
+                              memory=args.memory, strategy=args.strategy, progress=_ScoringBars())
     except OSError as err:
         return _fail(f"cannot write the report to {report_dir} ({err.strerror or err}); pass a writable --report-dir")
     finally:
@@ -496,7 +499,7 @@ def cmd_evaluate(args) -> int:
     if args.folds:
         return _evaluate_folds(args)
     evaluation = evaluate(args.model, args.input, split=args.split or "valid", batch_size=args.batch_size,
-                          memory=args.memory, strategy=args.strategy, progress=_progress_bars("img"))
+                          memory=args.memory, strategy=args.strategy, progress=_ScoringBars())
     report_dir = args.report_dir or default_report_dir(args.model)
     try:
         report = write_report(evaluation, report_dir)
@@ -541,29 +544,6 @@ def add_classify_parser(sub) -> None:
     p.set_defaults(func=cmd_classify)
 
 
-def _classify_progress():
-    """A tqdm bar on stderr over files (its total arrives once the inputs are counted), faces as postfix."""
-    from tqdm import tqdm
-
-    bar: dict = {}
-
-    def on_event(event: dict) -> None:
-        kind = event["event"]
-        if kind == "start":
-            bar["b"] = tqdm(total=event["total"], unit="file", desc="classify", file=sys.stderr,
-                            dynamic_ncols=True, disable=None)
-        elif kind == "total" and "b" in bar:
-            bar["b"].total = event["total"]
-            bar["b"].refresh()
-        elif kind == "batch" and "b" in bar:
-            bar["b"].set_postfix(faces=event["faces"], refresh=False)
-            bar["b"].update(event["count"])
-        elif kind == "end" and "b" in bar:
-            bar.pop("b").close()
-
-    return on_event
-
-
 def _familiar_form(rows: list) -> int | None:
     """The original's one-image form: its block for one face, one error line for a failed image;
     None for several faces (they get the table like any run)."""
@@ -597,7 +577,7 @@ def cmd_classify(args) -> int:
         except OSError as err:
             return _fail(f"cannot create {args.annotate} ({err.strerror or err}); pass a writable --annotate folder")
     stream = ClassifyStream(model, inputs, faces=args.faces, min_face=args.min_face, batch_size=args.batch_size,
-                            progress=_classify_progress(), annotate_dir=args.annotate, total=inputs.count)
+                            progress=_ScoringBars(), annotate_dir=args.annotate, total=inputs.count)
     rows = iter(stream)
     if args.format is None and args.output is None and inputs.single_image:
         first = list(stream)          # one file: its faces

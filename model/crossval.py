@@ -19,11 +19,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from model.errors import ModelError
+from model.progress import FoldEvaluating, Progress
 from pipeline.errors import DataError
 from pipeline.folds import FOLD_SPLITS, N_FOLDS, fold_split
 from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN_GROUP, LABEL_NAMES, LAYOUT_FOLDS
 
-Progress = Callable[[dict], None]
 
 CV_REPORT_NAME = "cv_report.json"
 CV_PLOTS = {"accuracy": "cv_accuracy.png", "age_accuracy": "cv_age_accuracy.png"}
@@ -224,7 +224,7 @@ def evaluate_folds(model_path: str, records_dir: str, report_dir: str, batch_siz
     for k, path in enumerate(models):
         split = fold_split(k)
         if progress:
-            progress({"event": "fold_start", "fold": k, "model": path})
+            progress(FoldEvaluating(k, path))
         try:
             evaluation = evaluate(path, records_dir, split=split, batch_size=batch_size, memory=memory,
                                   strategy=strategy, progress=progress)

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from model.errors import ModelError
+from model.progress import Advanced, Ended, Progress, Started
 from pipeline.errors import DataError
 from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of
 
@@ -28,7 +29,6 @@ POSITIVE_CLASS = LABEL_NAMES[1]
 AGE_GROUP_RULE = " ".join(inspect.getdoc(age_group_of).split()).replace(
     "AGE_UNKNOWN", f"age {AGE_UNKNOWN} (no age known)")
 
-Progress = Callable[[dict], None]
 
 
 # ------------------------------------------------------------------ predictions
@@ -263,7 +263,7 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
     image_size = int(model.input_shape[1])
     expected = describe_dataset(records_dir, split, image_size=image_size)["count"]
     if progress:
-        progress({"event": "split_start", "split": split, "total": expected})
+        progress(Started(split, expected))
 
     paths: list[bytes] = []
     labels: list[np.ndarray] = []
@@ -276,7 +276,7 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
         ages.append(np.asarray(batch_ages).reshape(-1))
         paths.extend(np.asarray(batch_paths).reshape(-1).tolist())
         if progress:
-            progress({"event": "batch", "split": split, "count": int(len(scores[-1]))})
+            progress(Advanced(split, int(len(scores[-1]))))
 
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     if replicas <= 1:
@@ -332,7 +332,7 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
                         f"distinct) but the manifest lists {expected}; the records directory is inconsistent, "
                         f"rerun preprocess with --overwrite")
     if progress:
-        progress({"event": "split_end", "split": split, "n": result.n})
+        progress(Ended(split))
     return result
 
 
