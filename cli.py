@@ -160,10 +160,23 @@ def cmd_preprocess(args, beam_args: list[str]) -> int:
 
 
 # ---------------------------------------------------------------- train
+def _steps_per_call(text: str) -> int | None:
+    """--steps-per-call: a positive whole number, or auto (None)."""
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, or auto; got {text!r}")
+    return value
+
+
 def add_train_parser(sub) -> None:
-    from model.defaults import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT,
-                                DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_LEARNING_RATE, DEFAULT_STATS_IMAGES,
-                                HEADS, PRECISIONS, STRATEGIES)
+    from model.defaults import (AUTO_CALL_SECONDS, DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS,
+                                DEFAULT_DROPOUT, DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_LEARNING_RATE,
+                                DEFAULT_STATS_IMAGES, HEADS, JIT_CHOICES, PLACEMENTS, PRECISIONS, STRATEGIES)
 
     p = sub.add_parser(
         "train", help="train the gender classifier on preprocessed records",
@@ -201,6 +214,14 @@ def add_train_parser(sub) -> None:
                    help="auto: bf16 on GPUs of compute capability >= 8.0, fp16 on 7.x, float32 on CPU")
     p.add_argument("--strategy", choices=STRATEGIES, default="auto",
                    help="auto: multiworker when TF_CONFIG names a cluster, mirrored on several GPUs, else default")
+    p.add_argument("--jit", choices=JIT_CHOICES, default="auto",
+                   help="compile the training step with XLA: auto (default) = on with a GPU, off on a CPU")
+    p.add_argument("--augment-on", choices=PLACEMENTS, default="auto",
+                   help="where augmentation runs: host (the tf.data pipeline), device (inside the training step, "
+                        "on the accelerator), auto (default) = device with a GPU, else host")
+    p.add_argument("--steps-per-call", type=_steps_per_call, default=None, metavar="N|auto",
+                   help=f"training steps per tf.function call (one host sync per call): auto (default) sizes "
+                        f"calls to about {AUTO_CALL_SECONDS:g} s of steps; a checkpoint always ends a call")
     p.add_argument("--checkpoint-dir", default=None, help="default: <output without .keras>.ckpt")
     p.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY,
                    help=f"save a checkpoint every this many steps, and at each epoch end "
@@ -221,124 +242,125 @@ def add_train_parser(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _train_progress():
-    """A progress callback printing the run's set-up, a per-step bar (tqdm on a terminal, a plain
-    line every ~5 % of the epoch otherwise), checkpoints, validation and outputs."""
-    from tqdm import tqdm
+class _TrainRenderer:
+    """Renders training's typed events (model/training/events.py): the set-up, a bar per epoch (tqdm
+    on a terminal, a plain line every ~5 % of the epoch otherwise), checkpoints, validation, warnings,
+    the outputs. One method per event type."""
 
-    state: dict = {"bar": None, "every": 1}
-    tty = sys.stderr.isatty()
+    def __init__(self):
+        self.bar = None
+        self.tty = sys.stderr.isatty()
+        self.printed_at = 0          # the last step a plain progress line was printed for
 
-    def close_bar() -> None:
-        if state["bar"] is not None:
-            state["bar"].close()
-            state["bar"] = None
+    def __call__(self, event) -> None:
+        getattr(self, f"on_{type(event).__name__}")(event)
 
-    def on_event(e: dict) -> None:
-        kind = e["event"]
-        if kind == "setup":
-            who = (f", this is {e['task_type']} {e['task_id']}{' (chief)' if e['is_chief'] else ''}"
-                   if e["workers"] > 1 else "")
-            print(f"strategy: {e['strategy']}, {e['replicas']} replica(s) on {e['workers']} worker(s){who}; "
-                  f"precision: {e['precision']}{' with loss scaling' if e['loss_scaling'] else ''}")
-            about = "" if e["steps_exact"] else "about "
-            if e["train_splits"] != ["train"]:
-                print(f"splits: training on {'+'.join(e['train_splits'])}, validating on "
-                      f"{'+'.join(e['valid_splits'])}")
-            print(f"data: {e['train_count']} training / {e['valid_count']} validation images "
-                  f"({e['image_size']}x{e['image_size']}); batch {e['per_replica_batch']} per replica = "
-                  f"{e['global_batch']} global, {about}{e['steps_per_epoch']} steps per epoch; "
-                  f"augmentation {'on' if e['augment'] else 'off'}")
-            if e["memory"] == "high":
-                print(f"memory: high: caching {e['memory_bytes'] / 2**20:,.1f} MiB of decoded images in RAM")
-            else:
-                print("memory: low: streaming the records from disk")
-            print(f"model: {e['trainable_params']:,} trainable, {e['frozen_params']:,} frozen parameters; "
-                  f"Adam, learning rate {e['learning_rate']:g}; {e['epochs']} epoch(s)")
-            print(_features_line(e))
-            if e["head"] == "original" and e["feature_rms"] > ORIGINAL_HEAD_RMS_LIMIT:
-                print(f"warning: the original head trains on the raw {e['cut_layer']} features, and on features "
-                      f"this large (RMS {e['feature_rms']:.3g}) its losses are huge and its training unstable; "
-                      f"the default --head standardized trains on any scale", flush=True)
-            print(f"checkpoints: {e['checkpoint_dir']}", flush=True)
-        elif kind == "resume":
-            if e["finished"]:
-                print(f"resumed from {e['checkpoint']}: training already complete ({e['epoch'] - 1} epochs); "
-                      f"writing the outputs again (delete the checkpoint directory to train afresh)", flush=True)
-            else:
-                print(f"resumed from {e['checkpoint']}: epoch {e['epoch']}, after step {e['step']} "
-                      f"(weights, optimizer state and data position restored)", flush=True)
-        elif kind == "step":
-            total = e["steps_per_epoch"]
-            if state["bar"] is None and tty:
-                state["bar"] = tqdm(total=total, initial=e["step"] - 1, desc=f"epoch {e['epoch']}/{e['epochs']}",
-                                    unit="step", file=sys.stderr, dynamic_ncols=True)
-            stats = f"loss {e['loss']:.4f}, acc {e['accuracy']:.2%}, {e['images_per_s']:,.0f} img/s"
-            if state["bar"] is not None:
-                state["bar"].total = max(state["bar"].total, e["step"])
-                state["bar"].set_postfix_str(stats, refresh=False)
-                state["bar"].update(1)
-            elif e["step"] == 1 or e["step"] % max(1, total // 20) == 0 or e["step"] == total:
-                print(f"epoch {e['epoch']}/{e['epochs']} step {e['step']}/{total}: {stats}", flush=True)
-        elif kind == "checkpoint" and e["path"]:
-            message = f"checkpoint {e['path']} (epoch {e['epoch']}, step {e['step']})"
-            tqdm.write(message, file=sys.stderr) if state["bar"] is not None else print(message, flush=True)
-        elif kind == "epoch_end":
-            close_bar()
-            print(f"epoch {e['epoch']}: loss {e['loss']:.4f}, accuracy {e['accuracy']:.2%} | validation "
-                  f"({e['val_count']} images): loss {e['val_loss']:.4f}, accuracy {e['val_accuracy']:.2%} | "
-                  f"{e['images_per_s']:,.0f} img/s, {e['seconds']:.1f} s", flush=True)
-        elif kind == "collapse":
-            close_bar()
-            advice = ("retrain with the default --head standardized" if e["head"] == "original"
-                      else "lower --learning-rate, or check the data with `python cli.py evaluate`")
-            print(f"warning: epoch {e['epoch']}: {e['reason']}: the model answers one class for everyone "
-                  f"(collapsed); {advice}", flush=True)
-        elif kind == "saved":
-            close_bar()
-            print(f"model: {e['output']}\nTF Serving export: {e['savedmodel']}\nhistory: {e['history_csv']}\n"
-                  f"TensorBoard logs: {e['log_dir']}\ncheckpoints: {e['checkpoint_dir']}", flush=True)
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
-    return on_event
+    def _say(self, message: str) -> None:
+        if self.bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+        else:
+            print(message, flush=True)
+
+    def on_Setup(self, e) -> None:
+        from model.defaults import AUTO_CALL_SECONDS
+        from model.distribute import NO_GPU_NOTE
+
+        who = (f", this is {e.task_type} {e.task_id}{' (chief)' if e.is_chief else ''}" if e.workers > 1 else "")
+        print(f"devices: {', '.join(e.devices) if e.devices else NO_GPU_NOTE}")
+        print(f"strategy: {e.strategy}, {e.replicas} replica(s) on {e.workers} worker(s){who}; "
+              f"precision: {e.precision}{' with loss scaling' if e.loss_scaling else ''}; "
+              f"XLA {'on' if e.jit else 'off'}; steps per call: "
+              f"{e.steps_per_call if e.steps_per_call else f'auto (about {AUTO_CALL_SECONDS:g} s of steps)'}")
+        if e.train_splits != ("train",):
+            print(f"splits: training on {'+'.join(e.train_splits)}, validating on {'+'.join(e.valid_splits)}")
+        print(f"data: {e.train_count} training / {e.valid_count} validation images ({e.image_size}x{e.image_size}); "
+              f"batch {e.per_replica_batch} per replica = {e.global_batch} global, "
+              f"{'' if e.steps_exact else 'about '}{e.steps_per_epoch} steps per epoch; "
+              f"augmentation {f'on ({e.augment_on})' if e.augment else 'off'}")
+        if e.memory == "high":
+            print(f"memory: high: caching {e.memory_bytes / 2**20:,.1f} MiB of decoded images in RAM")
+        else:
+            print("memory: low: streaming the records from disk")
+        print(f"model: {e.trainable_params:,} trainable, {e.frozen_params:,} frozen parameters; "
+              f"Adam, learning rate {e.learning_rate:g}; {e.epochs} epoch(s)")
+        source = ("from the checkpoint's statistics" if e.stats_images is None
+                  else f"max {e.feature_max:.3g}, over {e.stats_images} training images")
+        what = "standardized per channel inside the model" if e.head == "standardized" else "fed raw to the original head"
+        print(f"features: {e.cut_layer} RMS {e.feature_rms:.3g} ({source}); {what}")
+        if e.head == "original" and e.feature_rms > ORIGINAL_HEAD_RMS_LIMIT:
+            print(f"warning: the original head trains on the raw {e.cut_layer} features, and on features "
+                  f"this large (RMS {e.feature_rms:.3g}) its losses are huge and its training unstable; "
+                  f"the default --head standardized trains on any scale")
+        print(f"checkpoints: {e.checkpoint_dir}", flush=True)
+
+    def on_Resumed(self, e) -> None:
+        if e.finished:
+            print(f"resumed from {e.checkpoint}: training already complete ({e.epoch - 1} epochs); "
+                  f"writing the outputs again (delete the checkpoint directory to train afresh)", flush=True)
+        else:
+            print(f"resumed from {e.checkpoint}: epoch {e.epoch}, after step {e.step} "
+                  f"(weights, optimizer state and data position restored)", flush=True)
+        self.printed_at = e.step
+
+    def on_StepsDone(self, e) -> None:
+        from tqdm import tqdm
+
+        total = e.steps_per_epoch
+        stats = f"loss {e.loss:.4f}, acc {e.accuracy:.2%}, {e.images_per_s:,.0f} img/s"
+        if self.bar is None and self.tty:
+            self.bar = tqdm(total=total, initial=e.step - e.steps, desc=f"epoch {e.epoch}/{e.epochs}",
+                            unit="step", file=sys.stderr, dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.total = max(self.bar.total, e.step)
+            self.bar.set_postfix_str(stats, refresh=False)
+            self.bar.update(e.steps)
+        elif e.step - e.steps == 0 or e.step // max(1, total // 20) > self.printed_at // max(1, total // 20) \
+                or e.step >= total:
+            print(f"epoch {e.epoch}/{e.epochs} step {e.step}/{total}: {stats}", flush=True)
+            self.printed_at = e.step
+
+    def on_CheckpointSaved(self, e) -> None:
+        if e.path:
+            self._say(f"checkpoint {e.path} (epoch {e.epoch}, step {e.step})")
+
+    def on_EpochEnd(self, e) -> None:
+        self._close_bar()
+        self.printed_at = 0
+        print(f"epoch {e.epoch}: loss {e.loss:.4f}, accuracy {e.accuracy:.2%} | validation "
+              f"({e.val_count} images): loss {e.val_loss:.4f}, accuracy {e.val_accuracy:.2%} | "
+              f"{e.images_per_s:,.0f} img/s, {e.seconds:.1f} s", flush=True)
+
+    def on_Collapse(self, e) -> None:
+        advice = ("retrain with the default --head standardized" if e.head == "original"
+                  else "lower --learning-rate, or check the data with `python cli.py evaluate`")
+        print(f"warning: epoch {e.epoch}: {e.reason}: the model answers one class for everyone "
+              f"(collapsed); {advice}", flush=True)
+
+    def on_Saved(self, e) -> None:
+        self._close_bar()
+        print(f"model: {e.output}\nTF Serving export: {e.savedmodel}\nhistory: {e.history_csv}\n"
+              f"TensorBoard logs: {e.log_dir}\ncheckpoints: {e.checkpoint_dir}", flush=True)
+
+    def on_FoldStart(self, e) -> None:
+        print(f"\n== fold {e.fold}: train on the other folds, validate on {e.valid_split} -> {e.output}", flush=True)
+
+    def on_FoldSkipped(self, e) -> None:
+        about = f", validation accuracy {e.val_accuracy:.2%}" if e.val_accuracy is not None else ""
+        print(f"\n== fold {e.fold}: already trained ({e.epochs} epochs{about}); {e.output} kept (delete its "
+              f"checkpoint directory {e.checkpoint_dir} to train it again)", flush=True)
 
 
 # Above this feature RMS the original head's first losses run into the tens and hundreds and its
 # training turns unstable (measured, see model/defaults.py: epoch-1 loss 0.6-2.2 at RMS 0.1-0.3,
 # 7-14 at RMS 1, 30-430 at RMS 3-30).
 ORIGINAL_HEAD_RMS_LIMIT = 1.0
-
-
-def _features_line(e: dict) -> str:
-    """The set-up line saying how large the cut layer's features are, and what the head does with them."""
-    if e["stats_images"] is None:
-        source = "from the checkpoint's statistics"
-    else:
-        source = f"max {e['feature_max']:.3g}, over {e['stats_images']} training images"
-    what = ("standardized per channel inside the model" if e["head"] == "standardized"
-            else "fed raw to the original head")
-    return f"features: {e['cut_layer']} RMS {e['feature_rms']:.3g} ({source}); {what}"
-
-
-def _folds_progress():
-    """train --folds: a header per fold, then the usual training progress."""
-    inner = _train_progress()
-
-    def on_event(e: dict) -> None:
-        kind = e["event"]
-        if kind == "fold_start":
-            print(f"\n== fold {e['fold']}: train on the other folds, validate on {e['valid_split']} -> "
-                  f"{e['output']}", flush=True)
-        elif kind == "fold_skipped":
-            acc = e["final"].get("val_accuracy")
-            about = f", validation accuracy {acc:.2%}" if acc is not None else ""
-            print(f"\n== fold {e['fold']}: already trained ({e['epochs']} epochs{about}); {e['output']} "
-                  f"kept (delete its checkpoint directory {e['checkpoint_dir']} to train it again)", flush=True)
-        elif kind == "fold_end":
-            pass
-        else:
-            inner(e)
-
-    return on_event
 
 
 class _DropFoldRetracing(logging.Filter):
@@ -355,7 +377,7 @@ def _train_folds(config) -> int:
     quiet = _DropFoldRetracing()
     logging.getLogger("tensorflow").addFilter(quiet)
     try:
-        summary = train_folds(config, progress=_folds_progress())
+        summary = train_folds(config, progress=_TrainRenderer())
     finally:
         logging.getLogger("tensorflow").removeFilter(quiet)
     print("\n== cross-validation (training)")
@@ -372,7 +394,7 @@ def _train_folds(config) -> int:
 
 
 def cmd_train(args) -> int:
-    from model.train import TrainConfig, train
+    from model.training import TrainConfig, train
 
     config = TrainConfig(
         weights=args.weights, records=args.input, output=args.output, epochs=args.epochs,
@@ -381,10 +403,11 @@ def cmd_train(args) -> int:
         dense_units=args.dense_units, dropout=args.dropout, precision=args.precision, strategy=args.strategy,
         checkpoint_dir=args.checkpoint_dir, learning_rate=args.learning_rate, seed=args.seed,
         checkpoint_every_steps=args.checkpoint_every, log_dir=args.log_dir, val_fold=args.val_fold,
-        head=args.head, stats_images=args.stats_images)
+        head=args.head, stats_images=args.stats_images, jit=args.jit, augment_on=args.augment_on,
+        steps_per_call=args.steps_per_call)
     if args.folds:
         return _train_folds(config)
-    result = train(config, progress=_train_progress())
+    result = train(config, progress=_TrainRenderer())
     if not result.is_chief:
         print(f"worker done; the chief writes the outputs")
     # Every worker prints it: equal digests = identical weights everywhere.
@@ -419,23 +442,34 @@ def add_evaluate_parser(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-def _progress_bars(unit: str):
-    """A progress callback drawing one tqdm bar per split (or per run) on stderr."""
-    from tqdm import tqdm
+class _ScoringBars:
+    """Renders scoring's typed events (model/progress.py): one tqdm bar on stderr per split of
+    `evaluate` or per `classify` run (its total arrives once the inputs are counted; faces found as
+    postfix), and a line per fold of `evaluate --folds`."""
 
-    bars: dict = {}
+    def __init__(self):
+        self.bars: dict = {}
 
-    def on_event(event: dict) -> None:
-        key = event.get("split", "")
-        if event["event"] in ("split_start", "start"):
-            bars[key] = tqdm(total=event["total"], desc=key or None, unit=unit, file=sys.stderr,
-                             dynamic_ncols=True, leave=True, disable=None)
-        elif event["event"] == "batch" and key in bars:
-            bars[key].update(event["count"])
-        elif event["event"] in ("split_end", "end") and key in bars:
-            bars.pop(key).close()
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
 
-    return on_event
+        from model import progress as p
+
+        bar = self.bars.get(getattr(event, "name", None))
+        if isinstance(event, p.Started):
+            self.bars[event.name] = tqdm(total=event.total, desc=event.name, unit=event.unit, file=sys.stderr,
+                                         dynamic_ncols=True, leave=True, disable=None)
+        elif isinstance(event, p.TotalKnown) and bar is not None:
+            bar.total = event.total
+            bar.refresh()
+        elif isinstance(event, p.Advanced) and bar is not None:
+            if event.faces is not None:
+                bar.set_postfix(faces=event.faces, refresh=False)
+            bar.update(event.count)
+        elif isinstance(event, p.Ended) and bar is not None:
+            self.bars.pop(event.name).close()
+        elif isinstance(event, p.FoldEvaluating):
+            print(f"fold {event.fold}: {event.model}", file=sys.stderr, flush=True)
 
 
 def _evaluate_folds(args) -> int:
@@ -446,19 +480,11 @@ def _evaluate_folds(args) -> int:
         return _fail("--folds evaluates fold K's model on fold K for every K; drop --split "
                      "(or drop --folds and give -m one model with --split foldK)")
     report_dir = args.report_dir or default_report_dir(args.model)
-    bars = _progress_bars("img")
-
-    def progress(event: dict) -> None:
-        if event["event"] == "fold_start":
-            print(f"fold {event['fold']}: {event['model']}", file=sys.stderr, flush=True)
-        else:
-            bars(event)
-
     quiet = _DropFoldRetracing()
     logging.getLogger("tensorflow").addFilter(quiet)
     try:
         body = evaluate_folds(args.model, args.input, report_dir, batch_size=args.batch_size,
-                              memory=args.memory, strategy=args.strategy, progress=progress)
+                              memory=args.memory, strategy=args.strategy, progress=_ScoringBars())
     except OSError as err:
         return _fail(f"cannot write the report to {report_dir} ({err.strerror or err}); pass a writable --report-dir")
     finally:
@@ -476,7 +502,7 @@ def cmd_evaluate(args) -> int:
     if args.folds:
         return _evaluate_folds(args)
     evaluation = evaluate(args.model, args.input, split=args.split or "valid", batch_size=args.batch_size,
-                          memory=args.memory, strategy=args.strategy, progress=_progress_bars("img"))
+                          memory=args.memory, strategy=args.strategy, progress=_ScoringBars())
     report_dir = args.report_dir or default_report_dir(args.model)
     try:
         report = write_report(evaluation, report_dir)
@@ -521,29 +547,6 @@ def add_classify_parser(sub) -> None:
     p.set_defaults(func=cmd_classify)
 
 
-def _classify_progress():
-    """A tqdm bar on stderr over files (its total arrives once the inputs are counted), faces as postfix."""
-    from tqdm import tqdm
-
-    bar: dict = {}
-
-    def on_event(event: dict) -> None:
-        kind = event["event"]
-        if kind == "start":
-            bar["b"] = tqdm(total=event["total"], unit="file", desc="classify", file=sys.stderr,
-                            dynamic_ncols=True, disable=None)
-        elif kind == "total" and "b" in bar:
-            bar["b"].total = event["total"]
-            bar["b"].refresh()
-        elif kind == "batch" and "b" in bar:
-            bar["b"].set_postfix(faces=event["faces"], refresh=False)
-            bar["b"].update(event["count"])
-        elif kind == "end" and "b" in bar:
-            bar.pop("b").close()
-
-    return on_event
-
-
 def _familiar_form(rows: list) -> int | None:
     """The original's one-image form: its block for one face, one error line for a failed image;
     None for several faces (they get the table like any run)."""
@@ -577,7 +580,7 @@ def cmd_classify(args) -> int:
         except OSError as err:
             return _fail(f"cannot create {args.annotate} ({err.strerror or err}); pass a writable --annotate folder")
     stream = ClassifyStream(model, inputs, faces=args.faces, min_face=args.min_face, batch_size=args.batch_size,
-                            progress=_classify_progress(), annotate_dir=args.annotate, total=inputs.count)
+                            progress=_ScoringBars(), annotate_dir=args.annotate, total=inputs.count)
     rows = iter(stream)
     if args.format is None and args.output is None and inputs.single_image:
         first = list(stream)          # one file: its faces

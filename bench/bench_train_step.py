@@ -1,13 +1,13 @@
-"""bench_train_step: images/s of the training step, full-size VGG-Face + the original's head, float32 vs mixed_bfloat16.
+"""bench_train_step: images/s of the training step, full-size VGG-Face + the default head, float32 vs mixed_bfloat16.
 
 The network is the full-size VGG-Face structure (model.vggface.build_vggface(FULL_WIDTHS), random
-weights: the real VGG_FACE.t7 is not needed to time it) with the original's head
-(model.classifier.build_classifier defaults: cut after relu4_2, frozen through it, Dropout 0.5 ->
-Flatten -> Dense 32 -> Dense 1 sigmoid), batch 32 at 224x224, on the CPU.
+weights: the real VGG_FACE.t7 is not needed to time it) with the default head
+(model.classifier.build_classifier defaults: cut after relu4_2, frozen through it, standardized ->
+Dropout 0.5 -> Flatten -> Dense 32 relu -> Dense 1 sigmoid), batch 32 at 224x224, on the CPU.
 
-The step timed is the REAL one of model/train.py (`_Run._make_steps`: a tf.function calling
-strategy.run of forward + binary cross-entropy averaged by tf.nn.compute_average_loss + Adam apply),
-fed one fixed in-memory uint8 batch repeated, so only the step is measured (the reader has its own
+The step timed is the REAL one of model/training/steps.py (`make_steps(...).train`: a tf.function
+looping over strategy.run of forward + binary cross-entropy averaged by tf.nn.compute_average_loss +
+Adam apply), one step per call, fed one fixed in-memory uint8 batch repeated, so only the step is measured (the reader has its own
 benchmarks). Each precision runs in its own child process of this script (`--child PRECISION`),
 because the Keras dtype policy must be set before the model is built and must not leak between
 the two. Both children build and warm up once; then the parent asks them in turn for rounds of
@@ -35,7 +35,7 @@ sys.path.insert(0, ROOT)
 BATCH = 32
 IMAGE_SIZE = 224
 PRECISIONS = ("float32", "mixed_bfloat16")
-HEAD = "head of the original, batch 32"
+HEAD = "default head, batch 32"
 # Public figure quoted in /work/shared/NOTES.md §4 (Lambda's tf_cnn_benchmarks), NOT measured here.
 A100_VGG16_FP16 = 1190
 
@@ -75,7 +75,7 @@ def child(precision: str, warmup: int) -> None:
     from model.classifier import build_classifier
     from model.defaults import DEFAULT_LEARNING_RATE
     from model.distribute import apply_precision, select_strategy
-    from model.train import _Run
+    from model.training.steps import make_steps
     from model.vggface import FULL_WIDTHS, build_vggface
 
     # As train() does: strategy first, then the policy, then the model.
@@ -84,7 +84,7 @@ def child(precision: str, warmup: int) -> None:
     started = time.perf_counter()
     with strategy.scope():
         backbone = build_vggface(FULL_WIDTHS, image_size=IMAGE_SIZE)
-        model = build_classifier(backbone)   # the original's head: every argument at its default
+        model = build_classifier(backbone)   # every argument at its default
         optimizer = keras.optimizers.Adam(learning_rate=DEFAULT_LEARNING_RATE)
         optimizer.build(model.trainable_variables)
     build_seconds = time.perf_counter() - started
@@ -94,18 +94,10 @@ def child(precision: str, warmup: int) -> None:
           f"parameters; conv4_2 computes in {model.get_layer('conv4_2').compute_dtype}, "
           f"output {model.output.dtype}", flush=True)
 
-    # The real step of model/train.py. _make_steps is a method of the training run; it reads only
-    # these attributes (the rest of _Run — records, checkpoints — is not needed to run a step).
-    run = object.__new__(_Run)
-    run.strategy, run.model, run.optimizer = strategy, model, optimizer
-    run.global_batch = BATCH * int(strategy.num_replicas_in_sync)
-    run.loss_scaling = False          # float32 and bfloat16 need no loss scaling (train.py: fp16 only)
-    run.train_info = {"image_size": IMAGE_SIZE}
-    try:
-        train_step, _ = run._make_steps()
-    except AttributeError as err:
-        raise SystemExit(f"model/train.py's _Run._make_steps now needs more than this benchmark sets "
-                         f"({err}); update bench/bench_train_step.py") from None
+    # The real step of model/training/steps.py; float32 and bfloat16 need no loss scaling (fp16 only).
+    steps = make_steps(strategy, model, optimizer, global_batch=BATCH * int(strategy.num_replicas_in_sync),
+                       loss_scaling=False, image_size=IMAGE_SIZE, jit=False)
+    one = tf.constant(1, tf.int64)
 
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8))
@@ -119,7 +111,7 @@ def child(precision: str, warmup: int) -> None:
         times, losses = [], []
         for _ in range(steps):
             t = time.perf_counter()
-            result = train_step(iterator).numpy()   # .numpy() waits for the step to finish
+            result = steps.train(iterator, one).numpy()   # .numpy() waits for the step to finish
             times.append(time.perf_counter() - t)
             if result[2] != BATCH:
                 raise SystemExit(f"the step saw {result[2]} examples, expected {BATCH}")
@@ -234,8 +226,8 @@ def main() -> int:
         + (f" ({', '.join(flags)})" if flags else "") + f"; TensorFlow {f32['tf']}, Keras {f32['keras']}; "
         f"default strategy ({f32['replicas']} replica), no XLA; bfloat16's gain depends on the CPU's bf16 "
         "instructions (listed): without them it may not pay off",
-        "the real training step of model/train.py (_Run._make_steps: tf.function, strategy.run of forward + "
-        "BCE via tf.nn.compute_average_loss + Adam apply), fed one fixed in-memory uint8 batch of 32 at "
+        "the real training step of model/training/steps.py (make_steps: tf.function, strategy.run of forward + "
+        "BCE via tf.nn.compute_average_loss + Adam apply; one step per call), fed one fixed in-memory uint8 batch of 32 at "
         f"{IMAGE_SIZE}x{IMAGE_SIZE}; random weights (full-size VGG-Face structure, no real weights needed)",
         f"{f32['trainable']:,} trainable parameters (the head) and {f32['frozen']:,} frozen (conv1_1..conv4_2): "
         "the frozen backbone runs forward only (no weight gradients), so most of the step is 9 forward "

@@ -35,13 +35,15 @@ from model.classify_inputs import Entry, Inputs
 from model.classify_prepare import FACE_MODES, ClassifyRow, Prepared, PrepareSettings, prepare
 from model.detect import DEFAULT_MIN_FACE, FaceDetector
 from model.evaluate import label_name
+from model.progress import Advanced, Ended, Progress, Started, TotalKnown
 from pipeline.errors import DataError
 
 # Fewer files are kept in flight with --annotate: their pictures (ANNOTATE_MAX_SIDE) then hold
 # at most about 100 MB.
 ANNOTATE_WINDOW = 32
 
-Progress = Callable[[dict], None]
+# The name classify's progress events carry (evaluate's carry the split's).
+PROGRESS_NAME = "classify"
 
 
 @dataclass
@@ -149,12 +151,12 @@ class ClassifyStream:
             yield row
             self.tally.add_row(row)
         self.tally.add_file(prepared.rows, len(prepared.small))
-        self.progress({"event": "batch", "count": 1, "faces": self.tally.faces})
+        self.progress(Advanced(PROGRESS_NAME, 1, faces=self.tally.faces))
 
     def __iter__(self) -> Iterator[ClassifyRow]:
         counted = self._count_in_background()
         total_sent = False
-        self.progress({"event": "start", "total": None})
+        self.progress(Started(PROGRESS_NAME, None, unit="file"))
         window = 2 * self.batch_size if self.annotate_dir is None else min(2 * self.batch_size, ANNOTATE_WINDOW)
         window = max(window, 2 * self.workers)
         pending: deque[Prepared] = deque()
@@ -175,14 +177,14 @@ class ClassifyStream:
                     yield from self._finish(pending.popleft())
                 if not total_sent and "total" in counted:
                     total_sent = True
-                    self.progress({"event": "total", "total": counted["total"]})
+                    self.progress(TotalKnown(PROGRESS_NAME, counted["total"]))
             self._score(batch)
             while pending:
                 yield from self._finish(pending.popleft())
         finally:
             # Stopped early (Ctrl-C, an error): drop the files queued, wait only for those running.
             pool.shutdown(wait=True, cancel_futures=True)
-            self.progress({"event": "end"})
+            self.progress(Ended(PROGRESS_NAME))
 
 
 # ------------------------------------------------------------------ library entry points

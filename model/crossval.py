@@ -19,11 +19,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from model.errors import ModelError
+from model.progress import FoldEvaluating, Progress
 from pipeline.errors import DataError
 from pipeline.folds import FOLD_SPLITS, N_FOLDS, fold_split
 from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN_GROUP, LABEL_NAMES, LAYOUT_FOLDS
 
-Progress = Callable[[dict], None]
 
 CV_REPORT_NAME = "cv_report.json"
 CV_PLOTS = {"accuracy": "cv_accuracy.png", "age_accuracy": "cv_age_accuracy.png"}
@@ -118,24 +118,28 @@ def headline(stats: dict, n_folds: int) -> str:
 # ------------------------------------------------------------------ training
 def _fold_complete(config, state: dict | None) -> bool:
     """Does fold config's checkpoint say its training is finished, for these settings?"""
-    from model.train import CONFIG_FINGERPRINT_KEYS, FINGERPRINT_DEFAULTS, config_fingerprint, training_splits
+    from model.training import config_fingerprint, fingerprint_changes, training_splits
+    from pipeline.manifest import manifest_digest
 
     if state is None or state["epoch"] != config.epochs:
         return False
-    current = config_fingerprint(config, training_splits(config.records, config.val_fold)[0])
-    stored = state["fingerprint"]
-    return all(stored.get(key, FINGERPRINT_DEFAULTS.get(key)) == current[key] for key in CONFIG_FINGERPRINT_KEYS)
+    # The settings, and the records it was trained on (other records: the fold is trained again,
+    # and train itself then refuses the old checkpoint, saying so).
+    current = {**config_fingerprint(config),
+               "train_records": manifest_digest(config.records, training_splits(config.records, config.val_fold)[0])}
+    return not fingerprint_changes(state["fingerprint"], current)
 
 
-def train_folds(config, progress: Progress | None = None, folds: Sequence[int] | None = None) -> dict:
-    """`train --folds`: for each fold K, train on the other folds and validate on K (model.train.train
+def train_folds(config, progress: Callable | None = None, folds: Sequence[int] | None = None) -> dict:
+    """`train --folds`: for each fold K, train on the other folds and validate on K (model.training.train
     with val_fold=K, outputs per fold_config). Returns and writes (chief only) the summary: per
     fold the final epoch's figures, and mean ± sample std of the validation accuracy.
 
-    Emits fold_start / fold_skipped / fold_end events around train's own events (which carry no
-    fold number: they belong to the last fold_start)."""
+    Emits FoldStart / FoldSkipped events around train's own events (which carry no fold number:
+    they belong to the last FoldStart)."""
     from model.distribute import select_strategy, task_info
-    from model.train import checkpoint_state, train, training_splits
+    from model.training import checkpoint_state, train, training_splits
+    from model.training.events import FoldSkipped, FoldStart
     from pipeline.reader import clear_memory_cache
 
     emit = progress or (lambda event: None)
@@ -160,12 +164,11 @@ def train_folds(config, progress: Progress | None = None, folds: Sequence[int] |
         if complete and (have_model or info.workers > 1):
             final = dict(state["history"][-1]) if state["history"] else {}
             row = {"fold": k, "model": fold.output, "skipped": True, "resumed": False, **final}
-            emit({"event": "fold_skipped", "fold": k, "folds": len(folds), "output": fold.output,
-                  "checkpoint": state["checkpoint"], "checkpoint_dir": fold.resolved_checkpoint_dir(),
-                  "epochs": state["epoch"], "final": final})
+            emit(FoldSkipped(fold=k, folds=len(folds), output=fold.output,
+                             checkpoint_dir=fold.resolved_checkpoint_dir(), epochs=state["epoch"],
+                             val_accuracy=final.get("val_accuracy")))
         else:
-            emit({"event": "fold_start", "fold": k, "folds": len(folds), "output": fold.output,
-                  "valid_split": fold_split(k)})
+            emit(FoldStart(fold=k, folds=len(folds), output=fold.output, valid_split=fold_split(k)))
             try:
                 result = train(fold, progress=emit, strategy=strategy)
             finally:
@@ -174,7 +177,6 @@ def train_folds(config, progress: Progress | None = None, folds: Sequence[int] |
                 clear_memory_cache()
             row = {"fold": k, "model": fold.output, "skipped": False,
                    "resumed": result.resumed_from is not None, **result.final}
-            emit({"event": "fold_end", "fold": k, "folds": len(folds), "output": fold.output, "final": result.final})
         row["valid_split"] = fold_split(k)
         rows.append(row)
     summary = {
@@ -222,7 +224,7 @@ def evaluate_folds(model_path: str, records_dir: str, report_dir: str, batch_siz
     for k, path in enumerate(models):
         split = fold_split(k)
         if progress:
-            progress({"event": "fold_start", "fold": k, "model": path})
+            progress(FoldEvaluating(k, path))
         try:
             evaluation = evaluate(path, records_dir, split=split, batch_size=batch_size, memory=memory,
                                   strategy=strategy, progress=progress)

@@ -30,6 +30,13 @@ DEFAULT_STATS_IMAGES = 512
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+# XLA for the training step (--jit) and where augmentation runs (--augment-on); "auto" decides by
+# the machine (model/training/placement.py says how, and why).
+JIT_CHOICES = ("auto", "on", "off")
+PLACEMENTS = ("auto", "host", "device")
+# Automatic steps per training call (--steps-per-call auto): enough steps that a call lasts about
+# this long, so the host's work per call (a sync, three summaries, an event) is well under 1 % of it.
+AUTO_CALL_SECONDS = 0.5
 
 # Adam's step size. The original used Keras' default Adam (1e-3). Adam moves every weight by about
 # the learning rate per step, so a dense layer's output moves with its fan-in: 401,408 inputs for

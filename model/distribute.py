@@ -140,3 +140,37 @@ def precision(policy: str) -> Iterator[None]:
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+# What a user on a machine without a visible GPU reads, once, at the start of `train` and `evaluate`.
+NO_GPU_NOTE = ("CPU only: no GPU visible to TensorFlow (for GPU support: pip install "
+               "'gender-classifier[gpu]', which needs an NVIDIA driver; run with -v to see TensorFlow's own "
+               "messages on why it found none)")
+
+
+def accelerators() -> tuple[str, ...]:
+    """The GPUs TensorFlow sees, described as "GPU:0 (NVIDIA A100-SXM4-40GB, compute capability 8.0)"."""
+    described = []
+    for index, gpu in enumerate(tf.config.list_physical_devices("GPU")):
+        details = tf.config.experimental.get_device_details(gpu)
+        name, capability = details.get("device_name", "unknown"), details.get("compute_capability")
+        extra = f", compute capability {capability[0]}.{capability[1]}" if capability else ""
+        described.append(f"GPU:{index} ({name}{extra})")
+    return tuple(described)
+
+
+def resolve_jit(choice: str, has_gpu: bool) -> bool:
+    """--jit auto compiles the step with XLA on a GPU, where XLA hands the convolutions to cuDNN and
+    fuses the head's small ops and the device-side augmentation into few kernels (not measured here:
+    no GPU was lent); not on a CPU, where XLA's own convolutions measured 0.26x the step without it
+    (bench/bench_train_loop.py, 2 cores)."""
+    return choice == "on" or (choice == "auto" and has_gpu)
+
+
+def resolve_augment_on(choice: str, has_gpu: bool) -> str:
+    """--augment-on auto augments on the device when there is a GPU (the host then only moves uint8
+    bytes; 2 CPU cores augment about 2,400 images/s, far less than a GPU consumes), else in the
+    tf.data pipeline on the host (on a CPU-only machine the two are the same processor)."""
+    if choice == "auto":
+        return "device" if has_gpu else "host"
+    return choice

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from model.errors import ModelError
+from model.progress import Advanced, Ended, Progress, Started
 from pipeline.errors import DataError
 from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of
 
@@ -28,7 +29,6 @@ POSITIVE_CLASS = LABEL_NAMES[1]
 AGE_GROUP_RULE = " ".join(inspect.getdoc(age_group_of).split()).replace(
     "AGE_UNKNOWN", f"age {AGE_UNKNOWN} (no age known)")
 
-Progress = Callable[[dict], None]
 
 
 # ------------------------------------------------------------------ predictions
@@ -208,6 +208,49 @@ def _check_single_machine(strategy) -> None:
             raise ModelError(_ONE_MACHINE)
 
 
+def scored_in_calls(model, dataset):
+    """(scores, labels, ages, paths) of a with_meta dataset, several batches per tf.function call
+    (as many as take about AUTO_CALL_SECONDS, model/calls.py): the host syncs once per call."""
+    import time
+
+    import tensorflow as tf
+
+    from model.calls import CallSizer
+
+    def array(dtype):
+        return tf.TensorArray(dtype, size=0, dynamic_size=True, infer_shape=False,
+                              element_shape=tf.TensorShape([None]))
+
+    @tf.function
+    def run(iterator, n):
+        parts = [array(tf.float32), array(tf.float32), array(tf.int64), array(tf.string)]
+        batches = tf.constant(0, tf.int64)
+        for i in tf.range(n):
+            optional = iterator.get_next_as_optional()
+            if not optional.has_value():
+                break
+            images, labels, ages, paths = optional.get_value()
+            scores = tf.reshape(tf.cast(model(images, training=False), tf.float32), [-1])
+            parts = [part.write(tf.cast(i, tf.int32), value)
+                     for part, value in zip(parts, (scores, labels, ages, paths))]
+            batches += 1
+        return tuple(part.concat() for part in parts), batches
+
+    sizer, iterator, first = CallSizer(), iter(dataset), True
+    while True:
+        n = sizer.size()
+        started = time.perf_counter()
+        chunk, batches = run(iterator, tf.constant(n, tf.int64))
+        batches = int(batches)
+        if not first:                      # the first call traces and fills the pipeline
+            sizer.observe(time.perf_counter() - started, batches)
+        first = False
+        if batches:
+            yield chunk
+        if batches < n:                    # the data ran out inside this call
+            return
+
+
 def predict_split(model, records_dir: str, split: str, batch_size: int = 64, memory: str = "low",
                   strategy=None, progress: Progress | None = None) -> SplitPredictions:
     """Score every example of one split exactly once (under `strategy` when it has several replicas)."""
@@ -220,7 +263,7 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
     image_size = int(model.input_shape[1])
     expected = describe_dataset(records_dir, split, image_size=image_size)["count"]
     if progress:
-        progress({"event": "split_start", "split": split, "total": expected})
+        progress(Started(split, expected))
 
     paths: list[bytes] = []
     labels: list[np.ndarray] = []
@@ -233,16 +276,16 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
         ages.append(np.asarray(batch_ages).reshape(-1))
         paths.extend(np.asarray(batch_paths).reshape(-1).tolist())
         if progress:
-            progress({"event": "batch", "split": split, "count": int(len(scores[-1]))})
+            progress(Advanced(split, int(len(scores[-1]))))
 
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     if replicas <= 1:
-        # One device: iterate the dataset directly (a distributed iterator only adds overhead).
-        forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        # One device: iterate the dataset directly (a distributed iterator only adds overhead), many
+        # batches per call (one host sync per call, not per batch).
         dataset = make_dataset(records_dir, split, batch_size, memory=memory, with_meta=True,
                                image_size=image_size)
-        for images, batch_labels, batch_ages, batch_paths in dataset:
-            collect(forward(images), batch_labels, batch_ages, batch_paths)
+        for chunk in scored_in_calls(model, dataset):
+            collect(*chunk)
     else:
         _check_single_machine(strategy)
 
@@ -289,7 +332,7 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
                         f"distinct) but the manifest lists {expected}; the records directory is inconsistent, "
                         f"rerun preprocess with --overwrite")
     if progress:
-        progress({"event": "split_end", "split": split, "n": result.n})
+        progress(Ended(split))
     return result
 
 

@@ -38,8 +38,7 @@ def cut_feature_statistics(model: keras.Model, layer: str, records_dir: str, spl
     batches = -(-max_images // STATS_BATCH)
     dataset = make_dataset(records_dir, list(splits), STATS_BATCH, image_size=image_size).take(batches)
 
-    @tf.function
-    def sums(images):
+    def sums(images):   # eagerly: a handful of batches, once per run (a tf.function would retrace per run)
         x = tf.cast(features(images, training=False), tf.float64)
         x = tf.reshape(x, [-1, tf.shape(x)[-1]])
         return tf.reduce_sum(x, 0), tf.reduce_sum(tf.square(x), 0), tf.reduce_max(x), tf.shape(x)[0]

@@ -240,7 +240,7 @@ def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, 
                  augment: bool = False, shuffle: bool = False, seed: int = 0, epoch: int = 0, skip: int = 0,
                  with_meta: bool = False, input_context: tf.distribute.InputContext | None = None,
                  drop_remainder: bool = False, cache_file: str | None = None,
-                 image_size: int | None = None, augment_params=None) -> tf.data.Dataset:
+                 image_size: int | None = None, augment_params=None, augment_on_device: bool = False) -> tf.data.Dataset:
     """One epoch of (images uint8 [B,S,S,3] BGR, labels float32 [B]) or, with_meta,
     (images, labels, ages int64 [B], paths string [B]).
 
@@ -252,7 +252,9 @@ def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, 
       only the shuffle buffer mixes. One process per cache file.
     shuffle/augment: deterministic functions of (seed, epoch); augmentation is for training only, the
       caller leaves it off for validation. augment_params: an augment.AugmentParams (tests inject
-      e.g. flip-only settings); None means augment.DEFAULT_PARAMS.
+      e.g. flip-only settings); None means augment.DEFAULT_PARAMS. augment_on_device: do not warp
+      here; yield each batch's draws [B, NUM_DRAWS] as a third element instead, for the training
+      step to apply augment_batch on the accelerator (the host then only moves uint8 bytes).
     skip: examples of this epoch (of this input pipeline's stream) already consumed, for exact resume.
     """
     if memory not in MEMORY_MODES:
@@ -301,6 +303,8 @@ def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, 
     def finish(element, draws=None):
         example = parse_record(element, size) if memory == "low" else element
         images = example["image"]
+        if draws is not None and augment_on_device:
+            return images, example["label"], draws
         if draws is not None:
             images = augment_batch(images, draws, params)
         if with_meta:

@@ -62,13 +62,13 @@ def records_dir(adience_root, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def trained_model(records_dir, slim_t7, tmp_path_factory) -> tuple[str, str]:
-    """A slim classifier trained through model.train on `records_dir`: (model .keras path, records_dir).
+    """A slim classifier trained through model.training on `records_dir`: (model .keras path, records_dir).
 
     The slim backbone has random weights, so it is fine-tuned whole (freeze_through="none"): that
     learns the generated set to 100 % validation accuracy in 2 epochs, where the frozen random
     backbone hovers around 90-97 %.
     """
-    from model.train import TrainConfig, train
+    from model.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained") / "gender_classifier.keras"
     train(TrainConfig(weights=slim_t7, records=records_dir, output=str(out), epochs=2, batch_size=16,

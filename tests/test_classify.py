@@ -275,11 +275,13 @@ def test_progress_events_count_every_file_and_the_total_arrives(model, mixed_fol
     inputs = Inputs([mixed_folder])
     rows = list(ClassifyStream(model, inputs, faces="aligned", batch_size=3, progress=events.append,
                                total=inputs.count))
-    kinds = [e["event"] for e in events]
-    assert kinds[0] == "start" and kinds[-1] == "end"
-    assert sum(e["count"] for e in events if e["event"] == "batch") == len(rows) == len(GOOD) + len(BAD)
-    assert [e["faces"] for e in events if e["event"] == "batch"][-1] == len(GOOD)
-    assert all(e["total"] == len(rows) for e in events if e["event"] == "total")
+    from model.progress import Advanced, Ended, Started, TotalKnown
+
+    assert isinstance(events[0], Started) and isinstance(events[-1], Ended)
+    advanced = [e for e in events if isinstance(e, Advanced)]
+    assert sum(e.count for e in advanced) == len(rows) == len(GOOD) + len(BAD)
+    assert advanced[-1].faces == len(GOOD)
+    assert all(e.total == len(rows) for e in events if isinstance(e, TotalKnown))
 
 
 def test_json_array_is_valid_whatever_the_number_of_rows():
@@ -297,17 +299,19 @@ def test_ctrl_c_keeps_the_rows_written_valid_json_and_says_so(classifier_path, m
                                                               monkeypatch):
     import cli
 
-    def interrupting_progress():
-        done = []
+    from model.progress import Advanced
 
-        def on_event(event: dict) -> None:
-            if event["event"] == "batch":
-                done.append(1)
-                if len(done) == 4:
+    class InterruptingProgress:
+        def __init__(self):
+            self.done = 0
+
+        def __call__(self, event) -> None:
+            if isinstance(event, Advanced):
+                self.done += 1
+                if self.done == 4:
                     raise KeyboardInterrupt
-        return on_event
 
-    monkeypatch.setattr(cli, "_classify_progress", interrupting_progress)
+    monkeypatch.setattr(cli, "_ScoringBars", InterruptingProgress)
     target = tmp_path / "rows.json"
     status, out, err = _run(["classify", "-m", classifier_path, "-i", mixed_folder, "--format", "json", "-b", "1",
                              "-o", str(target)], capsys)

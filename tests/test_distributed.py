@@ -16,7 +16,8 @@ import tensorflow as tf
 from model.distribute import (cluster_from_env, cluster_task_count, precision_for_capabilities, select_precision,
                               select_strategy, task_info)
 from model.errors import ModelError
-from model.train import TrainConfig, train, weights_digest
+from model.training import TrainConfig, train, weights_digest
+from model.training.events import Setup, StepsDone
 from tests.conftest import CLI, ROOT
 
 
@@ -69,15 +70,15 @@ def _fresh_digest(slim_t7: str, **head) -> str:
 def test_mirrored_strategy_on_two_logical_cpus(records_dir, slim_t7, tmp_path):
     events = []
     result = train(TrainConfig(weights=slim_t7, records=records_dir, output=str(tmp_path / "m.keras"), epochs=1,
-                               batch_size=8, augment=False, strategy="mirrored", precision="float32"),
-                   progress=events.append)
-    setup = next(e for e in events if e["event"] == "setup")
-    steps = [e for e in events if e["event"] == "step"]
+                               batch_size=8, augment=False, strategy="mirrored", precision="float32",
+                               steps_per_call=1), progress=events.append)
+    setup = next(e for e in events if isinstance(e, Setup))
+    steps = [e for e in events if isinstance(e, StepsDone)]
     assert result.strategy == "MirroredStrategy" and result.replicas == 2
-    assert result.global_batch_size == 16 and setup["global_batch"] == 16
+    assert result.global_batch_size == 16 and setup.global_batch == 16
     # 120 examples = 15 full batches of 8 per replica: 8 steps, the last one on one replica only.
-    assert len(steps) == setup["steps_per_epoch"] == 8
-    assert [e["examples"] for e in steps] == [16] * 7 + [8]
+    assert len(steps) == setup.steps_per_epoch == 8
+    assert [e.examples for e in steps] == [16] * 7 + [8]
     assert result.final["train_examples"] == 120 and result.final["val_count"] == 40
     assert len(result.replica_digests) == 2 and result.replica_digests[0] == result.replica_digests[1]
     assert result.weights_digest != _fresh_digest(slim_t7)
@@ -86,12 +87,12 @@ def test_mirrored_strategy_on_two_logical_cpus(records_dir, slim_t7, tmp_path):
 def test_mixed_bfloat16_on_cpu(records_dir, slim_t7, tmp_path):
     events = []
     result = train(TrainConfig(weights=slim_t7, records=records_dir, output=str(tmp_path / "m.keras"), epochs=1,
-                               batch_size=32, augment=False, strategy="default", precision="mixed_bfloat16"),
-                   progress=events.append)
-    setup = next(e for e in events if e["event"] == "setup")
-    assert result.precision == "mixed_bfloat16" and not setup["loss_scaling"]
-    assert setup["compute_dtype"] == "bfloat16" and setup["output_dtype"] == "float32"
-    losses = [e["loss"] for e in events if e["event"] == "step"]
+                               batch_size=32, augment=False, strategy="default", precision="mixed_bfloat16",
+                               steps_per_call=1), progress=events.append)
+    setup = next(e for e in events if isinstance(e, Setup))
+    assert result.precision == "mixed_bfloat16" and not setup.loss_scaling
+    assert setup.compute_dtype == "bfloat16" and setup.output_dtype == "float32"
+    losses = [e.loss for e in events if isinstance(e, StepsDone)]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert math.isfinite(result.final["val_loss"])
     # The policy is restored after training, and the saved model is float32 throughout.
@@ -104,11 +105,11 @@ def test_mixed_bfloat16_on_cpu(records_dir, slim_t7, tmp_path):
 def test_mixed_float16_trains_with_loss_scaling(records_dir, slim_t7, tmp_path):
     events = []
     result = train(TrainConfig(weights=slim_t7, records=records_dir, output=str(tmp_path / "m.keras"), epochs=1,
-                               batch_size=40, augment=False, strategy="default", precision="mixed_float16"),
-                   progress=events.append)
-    setup = next(e for e in events if e["event"] == "setup")
-    assert setup["loss_scaling"] and setup["compute_dtype"] == "float16" and setup["output_dtype"] == "float32"
-    losses = [e["loss"] for e in events if e["event"] == "step"]
+                               batch_size=40, augment=False, strategy="default", precision="mixed_float16",
+                               steps_per_call=1), progress=events.append)
+    setup = next(e for e in events if isinstance(e, Setup))
+    assert setup.loss_scaling and setup.compute_dtype == "float16" and setup.output_dtype == "float32"
+    losses = [e.loss for e in events if isinstance(e, StepsDone)]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert math.isfinite(result.final["val_loss"]) and result.weights_digest != _fresh_digest(slim_t7)
 

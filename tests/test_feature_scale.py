@@ -94,7 +94,7 @@ def test_generated_weights_have_the_real_network_s_feature_scale(backbones, reco
 
 @pytest.mark.parametrize("cue, scale", [("colour", 1.0), ("shape", 1.0), ("shape", 0.01), ("shape", 10.0)])
 def test_default_head_reaches_the_linear_probe_at_any_feature_scale(cue, scale, backbones, records, tmp_path):
-    from model.train import TrainConfig, train
+    from model.training import TrainConfig, train
 
     weights, records_dir = backbones[scale], records[cue]
     reference = _reference_accuracy(weights, records_dir)

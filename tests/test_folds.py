@@ -331,7 +331,7 @@ def cross_validation(folds_records, slim_t7, tmp_path_factory) -> dict:
     """train --folds killed inside fold 2 (in-process, after its first checkpoint), then the same
     command run again (it must skip folds 0-1 and resume fold 2), then evaluate --folds."""
     from model.crossval import train_folds
-    from model.train import TrainConfig
+    from model.training import TrainConfig
 
     records, _ = folds_records
     output = str(tmp_path_factory.mktemp("cv") / "model.keras")
@@ -344,10 +344,12 @@ def cross_validation(folds_records, slim_t7, tmp_path_factory) -> dict:
 
     current = {}
 
-    def kill_in_fold_2(event: dict) -> None:
-        if event["event"] == "fold_start":
-            current["fold"] = event["fold"]
-        if event["event"] == "checkpoint" and current.get("fold") == 2:
+    def kill_in_fold_2(event) -> None:
+        from model.training.events import CheckpointSaved, FoldStart
+
+        if isinstance(event, FoldStart):
+            current["fold"] = event.fold
+        if isinstance(event, CheckpointSaved) and current.get("fold") == 2:
             raise Killed
 
     with pytest.raises(Killed):

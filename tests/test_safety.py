@@ -235,7 +235,7 @@ def test_outputs_under_a_regular_file_or_a_directory_where_a_file_goes(slim_t7, 
 
 
 def test_train_output_check_runs_in_check_config(slim_t7, tiny_records, tmp_path):
-    from model.train import TrainConfig, _check_config
+    from model.training.config import TrainConfig, check_config as _check_config
     from pipeline.errors import DataError
 
     config = TrainConfig(weights=slim_t7, records=tiny_records, output=str(tmp_path / "m.keras"),
@@ -449,7 +449,7 @@ def test_float_flags_must_be_finite_and_in_range(slim_t7, tiny_records, tmp_path
 
 def test_train_config_refuses_non_finite_numbers(slim_t7, tiny_records, tmp_path):
     from model.errors import ModelError
-    from model.train import TrainConfig, _check_config
+    from model.training.config import TrainConfig, check_config as _check_config
 
     for field, value in (("learning_rate", float("inf")), ("learning_rate", float("nan")),
                          ("dropout", float("nan"))):
@@ -633,7 +633,7 @@ def test_read_bytes_caps_what_it_reads(tmp_path):
 def test_training_evaluate_and_classify_do_not_import_beam(tiny_records, tiny_root):
     probe = (
         "import sys\n"
-        "import model.train, model.evaluate, model.classify, model.crossval\n"
+        "import model.training, model.evaluate, model.classify, model.crossval\n"
         "from pipeline.manifest import load_manifest\n"
         "from pipeline.decode import load_image\n"
         "from pipeline.reader import make_dataset\n"

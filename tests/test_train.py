@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import cli
-from model.train import HISTORY_FIELDS, TrainConfig, train
+from model.training import HISTORY_FIELDS, TrainConfig, train
 from tests.conftest import CLI, ROOT
 
 DIGEST = re.compile(r"^final weights digest: ([0-9a-f]{64})$", re.M)
@@ -156,7 +156,7 @@ def test_checkpoint_of_another_training_is_refused(tmp_path, slim_t7, records_di
     more = train(TrainConfig(weights=slim_t7, records=records_dir, output=str(tmp_path / "a.keras"), epochs=2,
                              batch_size=40, augment=False, checkpoint_dir=ckpt, strategy="default",
                              precision="float32"))
-    assert more.resumed_from["epoch"] == 2 and more.resumed_from["step"] == 0
+    assert more.resumed_from.epoch == 2 and more.resumed_from.step == 0
     assert [row["epoch"] for row in more.history] == [1, 2] and more.steps_run == 3
     assert more.history[0] == first.history[0]
 
@@ -208,7 +208,7 @@ def test_a_collapsed_model_is_said_by_train_and_evaluate(tmp_path, slim_t7):
 
 
 def test_collapse_is_one_class_or_a_loss_of_ln2():
-    from model.train import collapse_reason
+    from model.training import collapse_reason
 
     assert collapse_reason(0.30, 0, 40) == "every validation prediction is female"
     assert collapse_reason(0.30, 40, 40) == "every validation prediction is male"
