@@ -751,6 +751,10 @@ def _library_dirs() -> tuple[str, ...]:
     return tuple(dirs)
 
 
+def _from_library(record: logging.LogRecord, dirs: tuple[str, ...]) -> bool:
+    return record.name.split(".")[0] in _LIBRARIES or record.pathname.startswith(dirs)
+
+
 class _OnlyLibraryErrors(logging.Filter):
     """Without -v: TensorFlow's and Beam's own records below ERROR are not shown."""
 
@@ -759,9 +763,7 @@ class _OnlyLibraryErrors(logging.Filter):
         self.dirs = _library_dirs()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            return True
-        return record.name.split(".")[0] not in _LIBRARIES and not record.pathname.startswith(self.dirs)
+        return record.levelno >= logging.ERROR or not _from_library(record, self.dirs)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -810,15 +812,18 @@ _INTERRUPTED = {
 }
 
 
-class _Interruption:
+class _Interruption(logging.Filter):
     """Ctrl-C while a command runs: SIGINT raises KeyboardInterrupt as usual and is remembered, so
     that what it sets off in other threads is not reported as a second error — Beam's launcher
-    threads that watch the worker processes fail when Ctrl-C stops those workers."""
+    threads that watch the worker processes, or read from them, fail or log errors when Ctrl-C
+    stops those workers. Such a thread waits a moment for the main thread to see the signal."""
 
-    GRACE_SECONDS = 0.5   # how long a failing thread waits for the main thread to see the signal
+    GRACE_SECONDS = 0.5
 
     def __init__(self) -> None:
+        super().__init__()
         self.seen = threading.Event()
+        self.dirs = _library_dirs()
 
     def on_sigint(self, signum, frame) -> None:
         self.seen.set()
@@ -828,6 +833,12 @@ class _Interruption:
         if not self.seen.wait(self.GRACE_SECONDS):
             threading.__excepthook__(args)
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        """A library's record from a background thread: dropped when Ctrl-C explains it."""
+        if threading.current_thread() is threading.main_thread() or not _from_library(record, self.dirs):
+            return True
+        return not self.seen.wait(self.GRACE_SECONDS if record.levelno >= logging.ERROR else 0)
+
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
@@ -835,12 +846,17 @@ class _Interruption:
             return
         saved = signal.signal(signal.SIGINT, self.on_sigint), threading.excepthook
         threading.excepthook = self.thread_failed
+        handlers = logging.getLogger().handlers
+        for handler in handlers:
+            handler.addFilter(self)
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, saved[0])
             if not self.seen.is_set():   # after Ctrl-C such threads may fail until the process exits
                 threading.excepthook = saved[1]
+                for handler in handlers:
+                    handler.removeFilter(self)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 
 import pytest
 
@@ -32,6 +33,11 @@ def installed(tmp_path_factory) -> str:
                     "--no-index", "-w", str(dist), str(src)], check=True, capture_output=True, timeout=300)
     (wheel,) = dist.glob("gender_classifier-*.whl")
     assert wheel.name == f"gender_classifier-{cli.__version__}-py3-none-any.whl"
+    # Every module of the source tree is in the wheel (subpackages such as model/training too).
+    sources = {os.path.relpath(os.path.join(d, f), src).replace(os.sep, "/")
+               for package in ("pipeline", "model") for d, _, files in os.walk(src / package)
+               for f in files if f.endswith(".py")}
+    assert sources | {"cli.py"} <= set(zipfile.ZipFile(wheel).namelist())
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
