@@ -6,12 +6,15 @@ and exit status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import builtins
+import contextlib
+import importlib.util
 import logging
 import os
+import signal
 import sys
-
-# TensorFlow's C++ start-up chatter drowns the messages that matter; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import threading
+from typing import Iterator
 
 EXIT_BAD_INPUT = 2
 
@@ -687,23 +690,106 @@ def cmd_demo(args) -> int:
 
 
 # ---------------------------------------------------------------- entry
-def build_parser() -> argparse.ArgumentParser:
+__version__ = "0.1.0"   # the one place: pyproject.toml reads it (dynamic version)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+# How library messages and the commands above name the program. The CLI renders it as invoked.
+CANONICAL_PROG = "python cli.py"
+_prog = CANONICAL_PROG
+
+
+def invoked_as(argv0: str) -> str:
+    """The program's name as the user typed it: `python cli.py` when run as the script (or with
+    `python -m cli`), the console script's name (`gender-classifier`) when installed."""
+    name = os.path.basename(argv0)
+    if not name or name.endswith(".py") or name in ("-c", "-m"):
+        return CANONICAL_PROG
+    return os.path.splitext(name)[0]
+
+
+def print(*values, **kwargs) -> None:  # noqa: A001 - shadows the builtin for this module on purpose
+    """Every line this module prints goes through here, so messages from `pipeline`/`model` and
+    the commands above (which say `python cli.py …`) name the program as it was invoked."""
+    if _prog != CANONICAL_PROG:
+        values = tuple(str(v).replace(CANONICAL_PROG, _prog) for v in values)
+    builtins.print(*values, **kwargs)
+
+
+def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="show TensorFlow's and Beam's own log messages (TensorFlow's C++ start-up "
+                             "messages, e.g. why no GPU was found, and Beam's worker logs)")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gender-classifier",
+        prog=prog or _prog,
         description="Adience gender classifier by transfer learning from VGG-Face.",
     )
+    parser.add_argument("--version", action="version", version=f"gender-classifier {__version__}")
+    _add_verbose(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_convert_parser, add_preprocess_parser, add_train_parser,
                 add_evaluate_parser, add_classify_parser, add_demo_parser):
         add(sub)
+    for command in sub.choices.values():
+        # Also after the command (`train … -v`); SUPPRESS keeps a -v given before it.
+        _add_verbose(command, default=argparse.SUPPRESS)
     return parser
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with file descriptor 2 pointed at /dev/null: its C++ start-up logs
-    ("I0000 … oneDNN", "All log messages before absl::InitializeLog…") ignore every log-level
-    variable, and a user's bad input must produce one line, not a screenful."""
+# Whose log records -v shows; without it only their errors. Found by logger name, or by the source
+# file for records a library sends to the root logger (Beam warns that way while it is imported).
+_LIBRARIES = ("tensorflow", "keras", "absl", "apache_beam")
+
+
+def _library_dirs() -> tuple[str, ...]:
+    dirs = []
+    for name in _LIBRARIES:
+        spec = importlib.util.find_spec(name)   # locates the package without importing it
+        if spec is not None:
+            dirs += [os.path.join(d, "") for d in spec.submodule_search_locations or ()]
+    return tuple(dirs)
+
+
+def _from_library(record: logging.LogRecord, dirs: tuple[str, ...]) -> bool:
+    return record.name.split(".")[0] in _LIBRARIES or record.pathname.startswith(dirs)
+
+
+class _OnlyLibraryErrors(logging.Filter):
+    """Without -v: TensorFlow's and Beam's own records below ERROR are not shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dirs = _library_dirs()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not _from_library(record, self.dirs)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        # TensorFlow's C++ logs, from INFO up (device discovery, CUDA libraries not found, oneDNN).
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
+    # TensorFlow's C++ start-up chatter drowns the messages that matter; errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet = _OnlyLibraryErrors()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(quiet)
+
+
+def _import_tensorflow_quietly(verbose: bool = False) -> None:
+    """Import TensorFlow and discover its devices, with file descriptor 2 pointed at /dev/null
+    unless verbose: its C++ start-up logs ("I0000 … oneDNN", "All log messages before
+    absl::InitializeLog…", "failed call to cuInit") ignore every log-level variable, and a user's
+    bad input must produce one line, not a screenful. With -v they are what the user asked for."""
     if "tensorflow" in sys.modules:
+        return
+    if verbose:
+        import tensorflow
+        tensorflow.config.list_physical_devices()
         return
     sys.stderr.flush()
     saved = os.dup(2)
@@ -718,14 +804,6 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-class _DropKnownNoise(logging.Filter):
-    """Beam logs "apitools not found" on every import when the optional GCP client is absent;
-    it concerns only gs:// and BigQuery, which then say what to install themselves."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "apitools not found" not in record.getMessage()
-
-
 # What an interrupted command leaves behind, and what to do about it.
 _INTERRUPTED = {
     "preprocess": "interrupted; the previous output in OUT (if any) is untouched; rerun the command to start over",
@@ -734,31 +812,81 @@ _INTERRUPTED = {
 }
 
 
+class _Interruption(logging.Filter):
+    """Ctrl-C while a command runs: SIGINT raises KeyboardInterrupt as usual and is remembered, so
+    that what it sets off in other threads is not reported as a second error — Beam's launcher
+    threads that watch the worker processes, or read from them, fail or log errors when Ctrl-C
+    stops those workers. Such a thread waits a moment for the main thread to see the signal."""
+
+    GRACE_SECONDS = 0.5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = threading.Event()
+        self.dirs = _library_dirs()
+
+    def on_sigint(self, signum, frame) -> None:
+        self.seen.set()
+        raise KeyboardInterrupt
+
+    def thread_failed(self, args) -> None:
+        if not self.seen.wait(self.GRACE_SECONDS):
+            threading.__excepthook__(args)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """A library's record from a background thread: dropped when Ctrl-C explains it."""
+        if threading.current_thread() is threading.main_thread() or not _from_library(record, self.dirs):
+            return True
+        return not self.seen.wait(self.GRACE_SECONDS if record.levelno >= logging.ERROR else 0)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield   # signal handlers can only be set from the main thread
+            return
+        saved = signal.signal(signal.SIGINT, self.on_sigint), threading.excepthook
+        threading.excepthook = self.thread_failed
+        handlers = logging.getLogger().handlers
+        for handler in handlers:
+            handler.addFilter(self)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, saved[0])
+            if not self.seen.is_set():   # after Ctrl-C such threads may fail until the process exits
+                threading.excepthook = saved[1]
+                for handler in handlers:
+                    handler.removeFilter(self)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_DropKnownNoise())
+    global _prog
+    _prog = invoked_as(sys.argv[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # --help and --version exit here, before anything heavy is imported. Only `preprocess`
+    # accepts options it does not know: they go to Beam's PipelineOptions.
+    args, extra = parser.parse_known_args(argv)
+    _configure_logging(args.verbose)
     from model.errors import ModelError
     from pipeline.errors import DataError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # Before the parsers: some take their defaults from modules that import TensorFlow. The Beam
-    # job (preprocess) never needs it, and its launcher stays quick to start without it.
-    if not argv or argv[0] != "preprocess":
-        _import_tensorflow_quietly()
-    parser = build_parser()
-    # Only `preprocess` accepts options it does not know: they go to Beam's PipelineOptions.
-    args, extra = parser.parse_known_args(argv)
     try:
-        if args.command == "preprocess":
-            return args.func(args, extra)
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        return args.func(args)
+        with _Interruption().watching():
+            if args.command == "preprocess":
+                # The Beam job never needs TensorFlow, and its launcher starts quickly without it.
+                if args.verbose and not any(a.startswith("--default_sdk_harness_log_level") for a in extra):
+                    extra.append("--default_sdk_harness_log_level=INFO")
+                return args.func(args, extra)
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            _import_tensorflow_quietly(args.verbose)
+            return args.func(args)
     except (DataError, ModelError) as err:
         return _fail(str(err))
     except KeyboardInterrupt:
-        return _fail(_INTERRUPTED.get(args.command, "interrupted"))
+        print(f"{args.command}: {_INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

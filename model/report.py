@@ -14,6 +14,7 @@ import numpy as np
 
 from model.evaluate import (AGE_GROUP_RULE, DECISION_THRESHOLD, POSITIVE_CLASS, Evaluation,
                             SplitPredictions, label_name)
+from model.model_card import write_model_card
 from pipeline.schema import AGE_GROUP_NAMES, LABEL_NAMES
 
 REPORT_NAME = "report.json"
@@ -54,6 +55,7 @@ def write_report(evaluation: Evaluation, report_dir: str) -> dict:
         plots[split] = write_plots(predictions, evaluation.metrics[split], report_dir)
     write_predictions_csv(os.path.join(report_dir, PREDICTIONS_NAME), evaluation.predictions.values())
     report["files"] = {"predictions": PREDICTIONS_NAME, "plots": plots}
+    report["files"]["model_card"] = write_model_card(report, report_dir)
     write_json_atomically(os.path.join(report_dir, REPORT_NAME), report)
     return report
 

@@ -27,7 +27,11 @@ import logging
 import math
 import os
 import re
+import shlex
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -47,6 +51,10 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.portability import python_urns
+from apache_beam.portability.api import beam_provision_api_pb2
+from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo, FnApiRunner
+from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
 from pipeline import beam_files
 from pipeline.beam_files import (OUTPUT_ERRNOS, TempFolder, check_free_space, output_error, pipeline_failure,
@@ -238,17 +246,30 @@ def _beam_options(beam_args: list[str] | None) -> tuple[PipelineOptions, str, bo
     return options, description, direct
 
 
-def _local_runner(options: PipelineOptions):
+class _QuietWorkersRunner(FnApiRunner):
+    """The FnApiRunner with its multi_processing workers started through `pipeline.beam_worker`
+    (Beam's own worker, with Python logging set up before Beam is imported: see there) instead of
+    `python -m apache_beam.runners.worker.sdk_worker_main`. The worker command is the payload of
+    the pipeline's subprocess environment, which is how Beam tells a runner how to start workers."""
+
+    def run_via_runner_api(self, pipeline_proto, options):
+        worker = [sys.executable, "-m", "pipeline.beam_worker", "--launcher-pid", str(os.getpid())]
+        # Beam runs the command with the shell; `exec` keeps the launcher thread's signal mask
+        # (SIGINT blocked, see _run_pipeline) for the worker, where dash would reset it.
+        command = (f"exec {shlex.join(worker)}" if os.name == "posix" else subprocess.list2cmdline(worker)).encode()
+        for environment in pipeline_proto.components.environments.values():
+            if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload.endswith(b"sdk_worker_main"):
+                environment.payload = command
+        return super().run_via_runner_api(pipeline_proto, options)
+
+
+def _local_runner(options: PipelineOptions) -> FnApiRunner:
     """The FnApiRunner, built the way Beam's DirectRunner builds it. Beam 2.77's DirectRunner first
     tries the Prism runner, which it downloads from GitHub at run time and which does not honour
     --direct_running_mode / --direct_num_workers; the FnApiRunner runs offline with our settings."""
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=provision)
+    provision = ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return _QuietWorkersRunner(provision_info=provision)
 
 
 @contextmanager
@@ -412,6 +433,11 @@ def _run_pipeline(plan, root, tmp, image_size, options, local, total, start, pro
     outcome: dict = {}
 
     def run():
+        if hasattr(signal, "pthread_sigmask"):
+            # The worker processes this thread starts inherit its signal mask: SIGINT blocked, so a
+            # Ctrl-C during a worker's start-up waits until the worker lets it end it, silently
+            # (pipeline.beam_worker). Signals still reach the launcher's main thread.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             with _workers_can_import_us():
                 result = pipeline.run()

@@ -19,7 +19,7 @@ README = os.path.join(ROOT, "README.md")
 
 def _readme_commands() -> list[str]:
     text = open(README, encoding="utf-8").read()
-    blocks = re.findall(r"```\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"```[\w-]*\n(.*?)```", text, flags=re.S)
     commands = []
     for block in blocks:
         joined = re.sub(r"\\\n\s*", " ", block)      # shell line continuations
