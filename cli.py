@@ -2,6 +2,11 @@
 
 Every command maps bad input (a DataError or ModelError raised below it) to one line on stderr
 and exit status 2; anything else is a bug and keeps its traceback.
+
+Why one file of this length: the project's layout keeps the whole command line in `cli.py` (the
+libraries below it neither print nor exit), and it holds six commands. It reads in sections, one
+per command — parser, renderer of that command's typed progress events, `cmd_*` — then the demo
+and the entry point (logging, Ctrl-C, the program's name).
 """
 from __future__ import annotations
 
@@ -606,7 +611,7 @@ def cmd_classify(args) -> int:
     print(summary_line(stream.tally, inputs.skipped, args.min_face, args.output), file=sys.stderr)
     if interrupted:
         print("interrupted: the rows written are complete; rerun the command to classify the rest", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return 1 if stream.tally.failed else 0
 
 
