@@ -95,7 +95,7 @@ def child(precision: str, warmup: int) -> None:
           f"output {model.output.dtype}", flush=True)
 
     # The real step of model/training/steps.py; float32 and bfloat16 need no loss scaling (fp16 only).
-    steps = make_steps(strategy, model, optimizer, global_batch=BATCH * int(strategy.num_replicas_in_sync),
+    step_functions = make_steps(strategy, model, optimizer, global_batch=BATCH * int(strategy.num_replicas_in_sync),
                        loss_scaling=False, image_size=IMAGE_SIZE, jit=False)
     one = tf.constant(1, tf.int64)
 
@@ -111,7 +111,7 @@ def child(precision: str, warmup: int) -> None:
         times, losses = [], []
         for _ in range(steps):
             t = time.perf_counter()
-            result = steps.train(iterator, one).numpy()   # .numpy() waits for the step to finish
+            result = step_functions.train(iterator, one).numpy()   # .numpy() waits for the step to finish
             times.append(time.perf_counter() - t)
             if result[2] != BATCH:
                 raise SystemExit(f"the step saw {result[2]} examples, expected {BATCH}")
