@@ -206,8 +206,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--freeze-through", default=DEFAULT_FREEZE_THROUGH,
                    help=f"layers up to this one are not trained (default {DEFAULT_FREEZE_THROUGH}; 'none')")
     p.add_argument("--head", choices=HEADS, default=DEFAULT_HEAD,
-                   help="standardized (default): the cut layer's features standardized per channel with "
-                        "training-image statistics saved in the model, then Dropout, Flatten, Dense(relu), "
+                   help="standardized (default): the cut layer's features flattened and standardized (each "
+                        "value by its own training-image statistics, saved in the model), then Dropout, Dense(relu), "
                         "Dense(sigmoid) — trains on VGG-Face's real feature scale; original: the seed's head "
                         "(Dropout, Flatten, linear Dense, Dense(sigmoid)) on the raw features")
     p.add_argument("--stats-images", type=int, default=DEFAULT_STATS_IMAGES,
@@ -297,7 +297,7 @@ class _TrainRenderer:
               f"Adam, learning rate {e.learning_rate:g}; {e.epochs} epoch(s)")
         source = ("from the checkpoint's statistics" if e.stats_images is None
                   else f"max {e.feature_max:.3g}, over {e.stats_images} training images")
-        what = "standardized per channel inside the model" if e.head == "standardized" else "fed raw to the original head"
+        what = "standardized per feature inside the model" if e.head == "standardized" else "fed raw to the original head"
         print(f"features: {e.cut_layer} RMS {e.feature_rms:.3g} ({source}); {what}")
         if e.head == "original" and e.feature_rms > ORIGINAL_HEAD_RMS_LIMIT:
             print(f"warning: the original head trains on the raw {e.cut_layer} features, and on features "

@@ -1,10 +1,10 @@
 """The gender classifier: VGG-Face cut at a named layer, frozen through a named layer, plus a small head.
 
 Two heads (--head; model/defaults.py says why the default is not the original):
-- "standardized" (default): cut features -> head_standardize (each channel minus its mean, over its
-  standard deviation; statistics of the training images, set once by `set_feature_statistics` at
-  the start of training and saved as the layer's weights) -> Dropout -> Flatten -> Dense(relu) ->
-  male_prob.
+- "standardized" (default): cut features -> Flatten -> head_standardize (each feature, a channel at
+  a position, minus its mean, over its standard deviation; statistics of the training images, set
+  once by `set_feature_statistics` at the start of training and saved as the layer's weights) ->
+  Dropout -> Dense(relu) -> male_prob.
 - "original": the seed's head: Dropout(0.5) -> Flatten -> Dense(32) with Keras' default (linear)
   activation -> Dense(1, sigmoid), on the raw features.
 
@@ -29,11 +29,11 @@ MODEL_NAME = "gender_classifier"
 OUTPUT_LAYER = "male_prob"
 STANDARDIZE_LAYER = "head_standardize"
 # The head's layer names (fixed, so checkpoints and saved models match by name).
-HEAD_LAYERS = (STANDARDIZE_LAYER, "head_dropout", "head_flatten", "head_dense", OUTPUT_LAYER)
+HEAD_LAYERS = ("head_flatten", STANDARDIZE_LAYER, "head_dropout", "head_dense", OUTPUT_LAYER)
 # Spellings of "freeze nothing" for freeze_through.
 NO_FREEZE = (None, "", "none")
-# A channel whose variance is below this fraction of the channels' mean variance is divided by the
-# square root of that floor instead: a channel (nearly) dead on the sample but alive later must not
+# A feature whose variance is below this fraction of the features' mean variance is divided by the
+# square root of that floor instead: a feature (nearly) dead on the sample but alive later must not
 # be blown up. Relative, so the standardized features do not depend on the backbone's scale.
 VARIANCE_FLOOR = 1e-2
 
@@ -80,15 +80,22 @@ def build_classifier(backbone: keras.Model, cut_layer: str = DEFAULT_CUT_LAYER,
 
     x = backbone.get_layer(cut_layer).output
     if head == HEAD_STANDARDIZED:
-        # A frozen BatchNormalization is exactly a fixed per-channel standardization: built in (a
-        # saved model loads without this project), its statistics are variables (checkpointed,
-        # saved, read at every call), and it computes in float32 under mixed precision.
+        # Per feature (each channel at each position), not per channel: a channel's mean differs
+        # between the face's centre and the background, and what is left uncentred slows the dense
+        # layer's first steps. Measured (slim backbone at the real scale, 200/60 shape-cue faces,
+        # Adam 1e-4, batch 32, 10 seeds): 87.0 % after 3 epochs against 83.8 % per channel, 83.2 %
+        # against 78.0 % after 2; it is also what the logistic-regression reference's StandardScaler
+        # does. A frozen BatchNormalization is exactly a fixed standardization: built in (a saved
+        # model loads without this project), its statistics are variables (checkpointed, saved,
+        # read at every call), and it computes in float32 under mixed precision.
         standardize = keras.layers.BatchNormalization(center=False, scale=False, epsilon=1e-12,
                                                       name=STANDARDIZE_LAYER)
         standardize.trainable = False
-        x = standardize(x)
-    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
-    x = keras.layers.Flatten(name="head_flatten")(x)
+        x = standardize(keras.layers.Flatten(name="head_flatten")(x))
+        x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    else:   # the seed's order
+        x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+        x = keras.layers.Flatten(name="head_flatten")(x)
     x = keras.layers.Dense(dense_units, activation="relu" if head == HEAD_STANDARDIZED else None,
                            name="head_dense", kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
     # float32 whatever the policy: a bfloat16 sigmoid has ~3 significant digits, and the loss
@@ -104,7 +111,8 @@ def head_of(model: keras.Model) -> str:
 
 
 def set_feature_statistics(model: keras.Model, mean: np.ndarray, variance: np.ndarray) -> None:
-    """Fix the standardized head's per-channel statistics (float64 arrays of the cut layer's width).
+    """Fix the standardized head's per-feature statistics (float64 arrays, one value per element of
+    the cut layer's output for one image, in Flatten's order).
 
     Variances below VARIANCE_FLOOR x their mean are raised to it. Assigned outside any replica
     context: under a tf.distribute strategy every replica's copy gets the same values."""

@@ -9,9 +9,9 @@ DEFAULT_FREEZE_THROUGH = "relu4_2"
 DEFAULT_DENSE_UNITS = 32
 DEFAULT_DROPOUT = 0.5
 
-# The heads (--head). "standardized" (the default): the cut layer's features standardized per
-# channel with statistics of the training images, fixed at the start of training and saved in the
-# model, then Dropout -> Flatten -> Dense(32, relu) -> Dense(1, sigmoid). "original": the seed's head
+# The heads (--head). "standardized" (the default): the cut layer's features flattened and each
+# value standardized with statistics of the training images, fixed at the start of training and
+# saved in the model, then Dropout -> Dense(32, relu) -> Dense(1, sigmoid). "original": the seed's head
 # as it was, on the raw features. Why the default is not the original: VGG-Face was trained on
 # 0..255 pixels without batch normalization, so its relu4_2 features have an RMS of tens. Measured on
 # full-width features of that scale (synthetic VGG-Face with realistic activations, 200/60 generated
@@ -24,8 +24,8 @@ HEAD_STANDARDIZED = "standardized"
 HEAD_ORIGINAL = "original"
 HEADS = (HEAD_STANDARDIZED, HEAD_ORIGINAL)
 DEFAULT_HEAD = HEAD_STANDARDIZED
-# Training images whose cut-layer features give the standardization statistics (per channel, over
-# every image and position: 512 images x 28 x 28 positions is 400k values per channel at relu4_2).
+# Training images whose cut-layer features give the standardization statistics (per feature: each
+# channel at each position gets its mean and variance over these images).
 DEFAULT_STATS_IMAGES = 512
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")

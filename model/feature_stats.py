@@ -19,11 +19,11 @@ STATS_BATCH = 32
 
 @dataclass(frozen=True)
 class FeatureStats:
-    """Per-channel mean and variance over every image and position, and the overall magnitude."""
+    """Per-feature mean and variance over the images, and the overall magnitude."""
 
     layer: str
-    mean: np.ndarray          # float64 [channels]
-    variance: np.ndarray      # float64 [channels] (population variance)
+    mean: np.ndarray          # float64 [features]: one per element of the layer's output, flattened
+    variance: np.ndarray      # float64 [features] (population variance)
     rms: float                # sqrt of the mean square of every feature value
     max: float
     images: int
@@ -40,7 +40,7 @@ def cut_feature_statistics(model: keras.Model, layer: str, records_dir: str, spl
 
     def sums(images):   # eagerly: a handful of batches, once per run (a tf.function would retrace per run)
         x = tf.cast(features(images, training=False), tf.float64)
-        x = tf.reshape(x, [-1, tf.shape(x)[-1]])
+        x = tf.reshape(x, [tf.shape(x)[0], -1])
         return tf.reduce_sum(x, 0), tf.reduce_sum(tf.square(x), 0), tf.reduce_max(x), tf.shape(x)[0]
 
     total = square = None

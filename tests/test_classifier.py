@@ -32,7 +32,7 @@ def test_default_head_standardizes_then_relu(slim_t7, float32_policy):
     names = _names(clf)
     assert clf.name == "gender_classifier" and head_of(clf) == "standardized"
     # Cut right after relu4_2: the backbone up to it, nothing of it after it, then the head.
-    assert names[names.index("relu4_2") + 1:] == ["head_standardize", "head_dropout", "head_flatten",
+    assert names[names.index("relu4_2") + 1:] == ["head_flatten", "head_standardize", "head_dropout",
                                                   "head_dense", "male_prob"]
     assert "conv4_3" not in names and "fc6" not in names
     assert clf.input.dtype == "uint8" and tuple(clf.input.shape) == (None, 224, 224, 3)
@@ -61,21 +61,40 @@ def test_original_head_is_the_seed_s_linear_dense(float32_policy):
     assert clf.get_layer("head_dense").get_config()["activation"] == keras.layers.Dense(1).get_config()["activation"]
 
 
-def test_feature_statistics_standardize_each_channel(float32_policy):
+def test_feature_statistics_standardize_each_feature(float32_policy):
+    """Each value of the flattened cut features (a channel at a position) by its own statistics."""
     clf = build_classifier(build_vggface(SLIM_WIDTHS, image_size=32), dropout=0.0)
     cut = keras.Model(clf.input, clf.get_layer("relu4_2").output)
     standardized = keras.Model(clf.input, clf.get_layer("head_standardize").output)
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    features = np.asarray(cut(images), np.float64)
+    features = np.asarray(cut(images), np.float64).reshape(len(images), -1)   # Flatten's (row-major) order
     # Before statistics the layer is the identity.
     np.testing.assert_allclose(np.asarray(standardized(images)), features, rtol=1e-5, atol=1e-5)
     mean = np.linspace(1.0, 2.0, features.shape[-1])
     variance = np.linspace(4.0, 9.0, features.shape[-1])
-    variance[0] = 0.0    # a dead channel: raised to the floor, not divided by zero
+    variance[0] = 0.0    # a dead feature: raised to the floor, not divided by zero
     set_feature_statistics(clf, mean, variance)
     floor = VARIANCE_FLOOR * variance.mean()
     expected = (features - mean) / np.sqrt(np.maximum(variance, floor))
     np.testing.assert_allclose(np.asarray(standardized(images)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cut_feature_statistics_are_each_feature_s_over_the_first_images(slim_t7, records_dir, float32_policy):
+    """What the standardized head is fixed with: numpy's mean and population variance of each value of
+    the flattened cut features over the first N training images, read in file order."""
+    from model.backbone import load_backbone
+    from model.feature_stats import cut_feature_statistics
+    from pipeline.reader import make_dataset
+
+    clf = build_classifier(load_backbone(slim_t7))
+    stats = cut_feature_statistics(clf, "relu4_2", records_dir, ["train"], max_images=40)
+    images = np.concatenate([batch.numpy() for batch, _ in make_dataset(records_dir, ["train"], 40).take(1)])[:40]
+    features = np.asarray(keras.Model(clf.input, clf.get_layer("relu4_2").output)(images), np.float64)
+    flat = features.reshape(len(features), -1)
+    assert stats.images == 40 and stats.mean.shape == (flat.shape[1],)
+    np.testing.assert_allclose(stats.mean, flat.mean(0), rtol=1e-4, atol=1e-4 * stats.rms)
+    np.testing.assert_allclose(stats.variance, flat.var(0), rtol=1e-3, atol=1e-4 * stats.rms ** 2)
+    assert stats.rms == pytest.approx(float(np.sqrt(np.mean(flat ** 2))), rel=1e-4)
 
 
 def test_cut_and_freeze_are_layer_names(float32_policy):

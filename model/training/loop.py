@@ -170,7 +170,7 @@ class _Run:
         if standardized and restored:
             layer = self.model.get_layer(STANDARDIZE_LAYER)
             mean, variance = layer.moving_mean.numpy().astype(np.float64), layer.moving_variance.numpy()
-            # The mean square per channel is variance + mean^2 (the floor may raise a dead channel's).
+            # The mean square per feature is variance + mean^2 (the floor may raise a dead feature's).
             rms = float(np.sqrt(np.mean(variance + mean ** 2)))
             return {"feature_rms": rms, "feature_max": None, "stats_images": None}
         # The original head needs no statistics, only the magnitude for the report: a small sample.
