@@ -1,0 +1,101 @@
+"""Issue #10's table through the real commands: does the default head learn at any feature scale?
+
+For each backbone (generated VGG_FACE.t7: slim or full width, at 0.01x, 1x and 10x the realistic
+feature scale) and each head, on a generated set whose classes differ by shape only (200 training /
+60 validation faces, including the generator's bad files and format variety):
+`preprocess` once, then `train -e EPOCHS` with every other option at its default, then `evaluate`;
+beside it the reference: scikit-learn's logistic regression on the standardized frozen relu4_2
+features. Prints a markdown table. Not part of `make bench` (full width takes ~7 min a run on 2 CPU
+cores); slim only by default:
+
+    .venv/bin/python bench/feature_scale_table.py [--widths slim full] [--scales 0.01 1 10]
+        [--heads standardized original] [--epochs 3] [--work bench/work/feature_scale]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+CLI = [sys.executable, os.path.join(ROOT, "cli.py")]
+
+
+def run(args: list[str]) -> None:
+    proc = subprocess.run(CLI + args, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"failed: cli.py {' '.join(args)}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+
+def reference_accuracy(weights: str, records: str) -> tuple[float, float]:
+    """Logistic regression on the standardized frozen relu4_2 features; and their RMS."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from model.backbone import load_backbone
+    from pipeline.reader import make_dataset
+
+    backbone = load_backbone(weights)
+    cut = keras.Model(backbone.input, backbone.get_layer("relu4_2").output)
+
+    def features(split: str) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [(np.asarray(cut(x), np.float32).reshape(len(x), -1), y.numpy())
+                 for x, y in make_dataset(records, split, 20)]
+        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+    x_train, y_train = features("train")
+    x_valid, y_valid = features("valid")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(x_train, y_train)
+    return float(probe.score(x_valid, y_valid)), float(np.sqrt(np.mean(np.square(x_train, dtype=np.float64))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", nargs="+", default=["slim"], choices=["slim", "full"])
+    parser.add_argument("--scales", nargs="+", type=float, default=[0.01, 1.0, 10.0])
+    parser.add_argument("--heads", nargs="+", default=["standardized", "original"])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--work", default=os.path.join(ROOT, "bench", "work", "feature_scale"))
+    args = parser.parse_args()
+
+    from model.t7_writer import write_vggface_t7
+    from model.vggface import FULL_WIDTHS, SLIM_WIDTHS
+    from pipeline.synthetic import make_adience_tree
+
+    os.makedirs(args.work, exist_ok=True)
+    data, records = os.path.join(args.work, "shape-faces"), os.path.join(args.work, "records")
+    if not os.path.exists(os.path.join(records, "manifest.json")):
+        make_adience_tree(data, n_train=200, n_valid=60, seed=1, cue="shape")
+        run(["preprocess", "-i", data, "-o", records, "--overwrite"])
+    rows = []
+    for width in args.widths:
+        for scale in args.scales:
+            weights = os.path.join(args.work, f"{width}_x{scale:g}.t7")
+            if not os.path.exists(weights):
+                write_vggface_t7(weights, FULL_WIDTHS if width == "full" else SLIM_WIDTHS, seed=0, scale=scale)
+            reference, rms = reference_accuracy(weights, records)
+            cells = []
+            for head in args.heads:
+                model = os.path.join(args.work, f"{width}_x{scale:g}_{head}.keras")
+                run(["train", "-w", weights, "-i", records, "-o", model, "-e", str(args.epochs), "--head", head])
+                report_dir = model[:-len(".keras")] + "_report"
+                run(["evaluate", "-m", model, "-i", records, "--report-dir", report_dir])
+                with open(os.path.join(report_dir, "report.json"), encoding="utf-8") as f:
+                    cells.append(f"{json.load(f)['valid']['accuracy']:.1%}")
+            rows.append(f"| {width}, {scale:g}x (RMS {rms:.3g}) | " + " | ".join(cells) + f" | {reference:.1%} |")
+            print(rows[-1], flush=True)
+    print("\n| backbone (relu4_2) | " + " | ".join(f"--head {h}, -e {args.epochs}" for h in args.heads)
+          + " | logistic regression |")
+    print("|---" * (len(args.heads) + 2) + "|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
