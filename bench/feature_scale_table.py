@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
-
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -32,30 +31,6 @@ def run(args: list[str]) -> None:
         sys.exit(f"failed: cli.py {' '.join(args)}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
 
-def reference_accuracy(weights: str, records: str) -> tuple[float, float]:
-    """Logistic regression on the standardized frozen relu4_2 features; and their RMS."""
-    import keras
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from model.backbone import load_backbone
-    from pipeline.reader import make_dataset
-
-    backbone = load_backbone(weights)
-    cut = keras.Model(backbone.input, backbone.get_layer("relu4_2").output)
-
-    def features(split: str) -> tuple[np.ndarray, np.ndarray]:
-        pairs = [(np.asarray(cut(x), np.float32).reshape(len(x), -1), y.numpy())
-                 for x, y in make_dataset(records, split, 20)]
-        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
-
-    x_train, y_train = features("train")
-    x_valid, y_valid = features("valid")
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(x_train, y_train)
-    return float(probe.score(x_valid, y_valid)), float(np.sqrt(np.mean(np.square(x_train, dtype=np.float64))))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", nargs="+", default=["slim"], choices=["slim", "full"])
@@ -65,6 +40,7 @@ def main() -> None:
     parser.add_argument("--work", default=os.path.join(ROOT, "bench", "work", "feature_scale"))
     args = parser.parse_args()
 
+    from model.linear_probe import cut_model, linear_probe
     from model.t7_writer import write_vggface_t7
     from model.vggface import FULL_WIDTHS, SLIM_WIDTHS
     from pipeline.synthetic import make_adience_tree
@@ -80,16 +56,19 @@ def main() -> None:
             weights = os.path.join(args.work, f"{width}_x{scale:g}.t7")
             if not os.path.exists(weights):
                 write_vggface_t7(weights, FULL_WIDTHS if width == "full" else SLIM_WIDTHS, seed=0, scale=scale)
-            reference, rms = reference_accuracy(weights, records)
+            probe = linear_probe(cut_model(weights), records)
             cells = []
             for head in args.heads:
-                model = os.path.join(args.work, f"{width}_x{scale:g}_{head}.keras")
+                # A fresh folder a run: train would resume from a previous run's checkpoint.
+                run_dir = os.path.join(args.work, "runs", f"{width}_x{scale:g}_{head}")
+                shutil.rmtree(run_dir, ignore_errors=True)
+                os.makedirs(run_dir)
+                model, report_dir = os.path.join(run_dir, "model.keras"), os.path.join(run_dir, "report")
                 run(["train", "-w", weights, "-i", records, "-o", model, "-e", str(args.epochs), "--head", head])
-                report_dir = model[:-len(".keras")] + "_report"
                 run(["evaluate", "-m", model, "-i", records, "--report-dir", report_dir])
                 with open(os.path.join(report_dir, "report.json"), encoding="utf-8") as f:
                     cells.append(f"{json.load(f)['valid']['accuracy']:.1%}")
-            rows.append(f"| {width}, {scale:g}x (RMS {rms:.3g}) | " + " | ".join(cells) + f" | {reference:.1%} |")
+            rows.append(f"| {width}, {scale:g}x (RMS {probe.train_feature_rms:.3g}) | " + " | ".join(cells) + f" | {probe.accuracy:.1%} |")
             print(rows[-1], flush=True)
     print("\n| backbone (relu4_2) | " + " | ".join(f"--head {h}, -e {args.epochs}" for h in args.heads)
           + " | logistic regression |")

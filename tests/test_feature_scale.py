@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from model.linear_probe import cut_model, frozen_features, linear_probe
 from model.t7_writer import REALISTIC_RELU4_2_RMS, write_vggface_t7
 from model.vggface import SLIM_WIDTHS
 
@@ -50,43 +51,15 @@ def backbones(tmp_path_factory) -> dict[float, str]:
     return paths
 
 
-def _features(weights: str, records_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    import keras
-
-    from model.backbone import load_backbone
-    from pipeline.reader import make_dataset
-
-    backbone = load_backbone(weights, image_size=SIZE)
-    cut = keras.Model(backbone.input, backbone.get_layer("relu4_2").output)
-    xs, ys = [], []
-    for images, labels in make_dataset(records_dir, split, 50):
-        xs.append(np.asarray(cut(images), np.float64))
-        ys.append(labels.numpy())
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def _reference_accuracy(weights: str, records_dir: str) -> float:
-    """Logistic regression on the standardized, flattened frozen relu4_2 features."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x_train, y_train = _features(weights, records_dir, "train")
-    x_valid, y_valid = _features(weights, records_dir, "valid")
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
-    probe.fit(x_train.reshape(len(x_train), -1), y_train)
-    return float(probe.score(x_valid.reshape(len(x_valid), -1), y_valid))
-
-
 def test_generated_weights_have_the_real_network_s_feature_scale(backbones, records):
     """The stand-in's relu4_2 RMS is the real network's order (between 10 and 100) on generated
     faces of both sets, and `scale` multiplies it exactly."""
     low, high = REALISTIC_RELU4_2_RMS
     rms = {}
     for scale, weights in backbones.items():
-        features, _ = _features(weights, records["shape"], "valid")
+        features, _ = frozen_features(cut_model(weights, SIZE), records["shape"], "valid")
         rms[scale] = float(np.sqrt(np.mean(features ** 2)))
-    colour, _ = _features(backbones[1.0], records["colour"], "valid")
+    colour, _ = frozen_features(cut_model(backbones[1.0], SIZE), records["colour"], "valid")
     assert low <= rms[1.0] <= high and low <= float(np.sqrt(np.mean(colour ** 2))) <= high, rms
     assert rms[0.01] == pytest.approx(rms[1.0] * 0.01, rel=1e-3)
     assert rms[10.0] == pytest.approx(rms[1.0] * 10, rel=1e-3)
@@ -97,7 +70,7 @@ def test_default_head_reaches_the_linear_probe_at_any_feature_scale(cue, scale, 
     from model.training import TrainConfig, train
 
     weights, records_dir = backbones[scale], records[cue]
-    reference = _reference_accuracy(weights, records_dir)
+    reference = linear_probe(cut_model(weights, SIZE), records_dir).accuracy
     result = train(TrainConfig(weights=weights, records=records_dir, output=str(tmp_path / "m.keras"), epochs=6,
                                batch_size=16, augment=False, strategy="default", precision="float32"))
     accuracy = result.final["val_accuracy"]
