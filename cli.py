@@ -64,7 +64,7 @@ def add_convert_parser(sub) -> None:
 
 
 def cmd_convert(args) -> int:
-    from model.backbone import convert_t7_to_keras
+    from model.network.backbone import convert_t7_to_keras
 
     _check_outputs([(args.output, "file", "-o")], [(args.weights, "-w")])
     print(f"reading {args.weights} …", flush=True)
@@ -111,7 +111,7 @@ def add_preprocess_parser(sub) -> None:
 def cmd_preprocess(args, beam_args: list[str]) -> int:
     from tqdm import tqdm
 
-    from pipeline.beam_job import run_preprocess
+    from pipeline.preprocess.job import run_preprocess
 
     _check_outputs([(args.output, "dir", "-o")], [(args.input, "-i")])
     bars = []   # created at the first report, once the total is known
@@ -275,7 +275,7 @@ class _TrainRenderer:
 
     def on_Setup(self, e) -> None:
         from model.defaults import AUTO_CALL_SECONDS
-        from model.distribute import NO_GPU_NOTE
+        from model.runtime import NO_GPU_NOTE
 
         who = (f", this is {e.task_type} {e.task_id}{' (chief)' if e.is_chief else ''}" if e.workers > 1 else "")
         print(f"devices: {', '.join(e.devices) if e.devices else NO_GPU_NOTE}")
@@ -377,7 +377,7 @@ class _DropFoldRetracing(logging.Filter):
 
 
 def _train_folds(config) -> int:
-    from model.crossval import train_folds
+    from model.evaluation.crossval import train_folds
 
     quiet = _DropFoldRetracing()
     logging.getLogger("tensorflow").addFilter(quiet)
@@ -478,8 +478,8 @@ class _ScoringBars:
 
 
 def _evaluate_folds(args) -> int:
-    from model.crossval import cv_summary_lines, evaluate_folds
-    from model.report import default_report_dir
+    from model.evaluation.crossval import cv_summary_lines, evaluate_folds
+    from model.evaluation.report import default_report_dir
 
     if args.split is not None:
         return _fail("--folds evaluates fold K's model on fold K for every K; drop --split "
@@ -499,8 +499,8 @@ def _evaluate_folds(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from model.evaluate import evaluate
-    from model.report import default_report_dir, summary_lines, write_report
+    from model.evaluation.evaluate import evaluate
+    from model.evaluation.report import default_report_dir, summary_lines, write_report
 
     _check_outputs([(args.report_dir or default_report_dir(args.model), "dir", "--report-dir")],
                    [(args.model, "-m"), (args.input, "-i")])
@@ -519,9 +519,9 @@ def cmd_evaluate(args) -> int:
 
 # ---------------------------------------------------------------- classify
 def add_classify_parser(sub) -> None:
-    from model.classify_output import OUTPUT_FORMATS
-    from model.classify_prepare import FACE_MODES
-    from model.detect import DEFAULT_MIN_FACE
+    from model.inference.output import OUTPUT_FORMATS
+    from model.inference.prepare import FACE_MODES
+    from model.inference.faces.detect import DEFAULT_MIN_FACE
 
     p = sub.add_parser("classify", help="classify the faces in image files, folders or lists of paths",
                        description="Classify faces as female/male, one row per face, written as they are "
@@ -555,7 +555,7 @@ def add_classify_parser(sub) -> None:
 def _familiar_form(rows: list) -> int | None:
     """The original's one-image form: its block for one face, one error line for a failed image;
     None for several faces (they get the table like any run)."""
-    from model.classify_output import familiar_block
+    from model.inference.output import familiar_block
 
     if len(rows) != 1:
         return None
@@ -567,10 +567,10 @@ def _familiar_form(rows: list) -> int | None:
 
 
 def cmd_classify(args) -> int:
-    from model.classifier import load_classifier
-    from model.classify import ClassifyStream
-    from model.classify_inputs import Inputs
-    from model.classify_output import RowWriter, summary_line
+    from model.network.head import load_classifier
+    from model.inference.classify import ClassifyStream
+    from model.inference.inputs import Inputs
+    from model.inference.output import RowWriter, summary_line
 
     outputs = [(args.output, "file", "-o")] if args.output else []
     if args.annotate:
@@ -656,9 +656,9 @@ def cmd_demo(args) -> int:
     import json
     import time
 
-    from model.t7_writer import write_vggface_t7
-    from model.vggface import SLIM_WIDTHS
-    from pipeline.synthetic import make_adience_tree
+    from model.network.t7_writer import write_vggface_t7
+    from model.network.vggface import SLIM_WIDTHS
+    from pipeline.synthetic.tree import make_adience_tree
 
     started = time.time()
     work = args.work_dir

@@ -3,7 +3,7 @@
 Inputs: generated 816×816 JPEG faces (the size of Adience's aligned faces), cached in bench/work/.
 - one by one: for each file, `load_image` (the decoder preprocess uses) then `model(x)` on a batch
   of one: the original's way (it called the model once per image);
-- batched: `model.classify.classify_files` (decode in a thread pool, overlapping inference, batches
+- batched: `model.inference.classify.classify_files` (decode in a thread pool, overlapping inference, batches
   of --batch-size through one compiled forward pass).
 A third row shows one by one through the compiled forward pass (`tf.function`, batch of one), to
 tell how much of the gain is batching itself and how much is the per-call overhead of an eager call.
@@ -37,9 +37,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from model.classify import classify_files, expand_inputs, make_forward, model_image_size  # noqa: E402
+from model.inference.classify import classify_files, expand_inputs, make_forward, model_image_size  # noqa: E402
 from pipeline.decode import load_image  # noqa: E402
-from pipeline.synthetic import make_adience_tree  # noqa: E402
+from pipeline.synthetic.tree import make_adience_tree  # noqa: E402
 
 TARGET = 5.0
 
@@ -93,8 +93,8 @@ def batched(model, paths: list[str], batch_size: int) -> tuple[float, np.ndarray
 
 
 def measure(name: str, widths, paths: list[str], n_batched: int, n_single: int, batch_size: int) -> list[dict]:
-    from model.classifier import build_classifier
-    from model.vggface import build_vggface
+    from model.network.head import build_classifier
+    from model.network.vggface import build_vggface
 
     model = build_classifier(build_vggface(widths, 224))
     warm = load_image(paths[0], model_image_size(model))[None]
@@ -138,7 +138,7 @@ def main() -> int:
     parser.add_argument("--skip-full", action="store_true", help="only the slim model")
     args = parser.parse_args()
 
-    from model.vggface import FULL_WIDTHS, SLIM_WIDTHS
+    from model.network.vggface import FULL_WIDTHS, SLIM_WIDTHS
 
     paths = inputs(args.images, args.size)
     load_before = os.getloadavg()[0]

@@ -6,7 +6,7 @@ picture holds 1 to 4 copies of the face, some mirrored, at different scales and 
 background cut from the same photo (640×480 to 1024×768 JPEGs, generated once into bench/work/).
 - one photo at a time: for each photo, decode, detect (MTCNN), align its faces and call the model
   once on them: what a detect-then-classify loop does (deepface's way: one image per call);
-- batched: `model.classify.ClassifyStream` (decode + detection in the thread pool, a window ahead,
+- batched: `model.inference.classify.ClassifyStream` (decode + detection in the thread pool, a window ahead,
   the faces of many photos batched into one model call of --batch-size).
 A third figure, detection alone one photo at a time, tells how much of the time is the detector.
 
@@ -33,10 +33,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from model.classify import ClassifyStream, make_forward, model_image_size  # noqa: E402
-from model.classify_inputs import Entry  # noqa: E402
-from model.detect import DEFAULT_MIN_FACE, FaceDetector  # noqa: E402
-from pipeline.align import align_face  # noqa: E402
+from model.inference.classify import ClassifyStream, make_forward, model_image_size  # noqa: E402
+from model.inference.inputs import Entry  # noqa: E402
+from model.inference.faces.detect import DEFAULT_MIN_FACE, FaceDetector  # noqa: E402
+from model.inference.faces.align import align_face  # noqa: E402
 from pipeline.decode import load_photo  # noqa: E402
 
 SIZES = ((640, 480), (800, 600), (1024, 768))
@@ -110,8 +110,8 @@ def detection_alone(detector: FaceDetector, paths: list[str]) -> tuple[float, in
 
 
 def measure(name: str, widths, paths: list[str], batch_size: int, detector: FaceDetector) -> tuple[list[dict], str]:
-    from model.classifier import build_classifier
-    from model.vggface import build_vggface
+    from model.network.head import build_classifier
+    from model.network.vggface import build_vggface
 
     model = build_classifier(build_vggface(widths, 224))
     forward = make_forward(model)
@@ -139,7 +139,7 @@ def main() -> int:
     parser.add_argument("--skip-full", action="store_true", help="only the slim classifier")
     args = parser.parse_args()
 
-    from model.vggface import FULL_WIDTHS, SLIM_WIDTHS
+    from model.network.vggface import FULL_WIDTHS, SLIM_WIDTHS
 
     paths = photos(args.photos)
     detector = FaceDetector()

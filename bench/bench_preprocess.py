@@ -26,11 +26,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from apache_beam.io.tfrecordio import _TFRecordUtil  # noqa: E402  (same framing as the job)
 
-from pipeline.beam_job import run_preprocess  # noqa: E402
+from pipeline.preprocess.job import run_preprocess  # noqa: E402
 from pipeline.decode import DecodeError, decode_image, read_bytes  # noqa: E402
-from pipeline.discover import discover  # noqa: E402
+from pipeline.preprocess.discover import discover  # noqa: E402
 from pipeline.records import encode_example  # noqa: E402
-from pipeline.synthetic import make_adience_tree  # noqa: E402
+from pipeline.synthetic.tree import make_adience_tree  # noqa: E402
 
 TARGET = 1.3
 OUTPUT_SIZE = 224

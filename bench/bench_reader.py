@@ -46,8 +46,8 @@ HIGH_TARGET, LOW_TARGET, AUGMENT_TARGET = 50.0, 10.0, 10.0
 
 def prepare(images: int) -> tuple[str, str]:
     """The generated JPEG tree and its records, made once and reused while the parameters match."""
-    from pipeline.beam_job import run_preprocess
-    from pipeline.synthetic import make_adience_tree
+    from pipeline.preprocess.job import run_preprocess
+    from pipeline.synthetic.tree import make_adience_tree
 
     jpegs, records = os.path.join(WORK, f"jpegs-{images}"), os.path.join(WORK, f"records-{images}")
     done = os.path.join(jpegs, ".complete")

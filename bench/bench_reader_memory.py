@@ -94,8 +94,8 @@ def records_valid(records: str, images: int) -> bool:
 
 def prepare(images: int) -> str:
     """The generated records, made once and reused while valid."""
-    from pipeline.beam_job import run_preprocess
-    from pipeline.synthetic import make_adience_tree
+    from pipeline.preprocess.job import run_preprocess
+    from pipeline.synthetic.tree import make_adience_tree
 
     jpegs, records = os.path.join(WORK, f"jpegs-{images}"), os.path.join(WORK, f"records-{images}")
     if records_valid(records, images):

@@ -39,8 +39,8 @@ TARGET = 0.9
 
 def records(images: int) -> str:
     """Generated records at SIZE (made once, kept in bench/work)."""
-    from pipeline.beam_job import run_preprocess
-    from pipeline.synthetic import make_adience_tree
+    from pipeline.preprocess.job import run_preprocess
+    from pipeline.synthetic.tree import make_adience_tree
 
     out = os.path.join(HERE, "work", f"train-loop-{SIZE}-{images}")
     if not os.path.exists(os.path.join(out, "records", "manifest.json")):
@@ -69,8 +69,8 @@ def in_graph_loop(weights: str, records_dir: str, rounds: int) -> list[float]:
     import keras
     import tensorflow as tf
 
-    from model.backbone import load_backbone
-    from model.classifier import build_classifier
+    from model.network.backbone import load_backbone
+    from model.network.head import build_classifier
     from pipeline.reader import make_dataset
 
     model = build_classifier(load_backbone(weights, image_size=SIZE))
@@ -105,7 +105,7 @@ def main() -> int:
                     help="training images (8192: 256 steps an epoch, about a second of compute, so that the "
                          "epoch's set-up — a new iterator, the shuffle — weighs about what it would on real data)")
     args = ap.parse_args()
-    from model.t7_writer import write_vggface_t7
+    from model.network.t7_writer import write_vggface_t7
 
     records_dir = records(args.images)
     work = tempfile.mkdtemp(prefix="bench-train-loop-")

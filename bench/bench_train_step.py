@@ -1,8 +1,8 @@
 """bench_train_step: images/s of the training step, full-size VGG-Face + the default head, float32 vs mixed_bfloat16.
 
-The network is the full-size VGG-Face structure (model.vggface.build_vggface(FULL_WIDTHS), random
+The network is the full-size VGG-Face structure (model.network.vggface.build_vggface(FULL_WIDTHS), random
 weights: the real VGG_FACE.t7 is not needed to time it) with the default head
-(model.classifier.build_classifier defaults: cut after relu4_2, frozen through it, standardized ->
+(model.network.head.build_classifier defaults: cut after relu4_2, frozen through it, standardized ->
 Dropout 0.5 -> Flatten -> Dense 32 relu -> Dense 1 sigmoid), batch 32 at 224x224, on the CPU.
 
 The step timed is the REAL one of model/training/steps.py (`make_steps(...).train`: a tf.function
@@ -72,11 +72,11 @@ def child(precision: str, warmup: int) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from model.classifier import build_classifier
+    from model.network.head import build_classifier
     from model.defaults import DEFAULT_LEARNING_RATE
-    from model.distribute import apply_precision, select_strategy
+    from model.runtime import apply_precision, select_strategy
     from model.training.steps import make_steps
-    from model.vggface import FULL_WIDTHS, build_vggface
+    from model.network.vggface import FULL_WIDTHS, build_vggface
 
     # As train() does: strategy first, then the policy, then the model.
     strategy = select_strategy("auto")

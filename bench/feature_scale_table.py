@@ -40,10 +40,10 @@ def main() -> None:
     parser.add_argument("--work", default=os.path.join(ROOT, "bench", "work", "feature_scale"))
     args = parser.parse_args()
 
-    from model.linear_probe import cut_model, linear_probe
-    from model.t7_writer import write_vggface_t7
-    from model.vggface import FULL_WIDTHS, SLIM_WIDTHS
-    from pipeline.synthetic import make_adience_tree
+    from model.evaluation.linear_probe import cut_model, linear_probe
+    from model.network.t7_writer import write_vggface_t7
+    from model.network.vggface import FULL_WIDTHS, SLIM_WIDTHS
+    from pipeline.synthetic.tree import make_adience_tree
 
     os.makedirs(args.work, exist_ok=True)
     data, records = os.path.join(args.work, "shape-faces"), os.path.join(args.work, "records")

@@ -35,10 +35,10 @@ def gpu_names() -> list[str]:
 
 def inputs(work: str, images: int) -> tuple[str, str]:
     """Full-size random VGG_FACE.t7 and generated 224x224 records (made once in bench/work)."""
-    from model.t7_writer import write_vggface_t7
-    from model.vggface import FULL_WIDTHS
-    from pipeline.beam_job import run_preprocess
-    from pipeline.synthetic import make_adience_tree
+    from model.network.t7_writer import write_vggface_t7
+    from model.network.vggface import FULL_WIDTHS
+    from pipeline.preprocess.job import run_preprocess
+    from pipeline.synthetic.tree import make_adience_tree
 
     weights, records = os.path.join(work, "full_vggface.t7"), os.path.join(work, "records")
     if not os.path.exists(weights):

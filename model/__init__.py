@@ -1,1 +1,1 @@
-"""The network: VGG-Face, the Torch7 loader, the gender classifier, training and evaluation."""
+"""The model side: the network, training, evaluation and inference, over the records `pipeline` writes."""

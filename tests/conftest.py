@@ -30,8 +30,8 @@ CLI = [sys.executable, os.path.join(ROOT, "cli.py")]
 @pytest.fixture(scope="session")
 def slim_t7(tmp_path_factory) -> str:
     """A slim VGG_FACE-structured t7 (same 40-module topology, narrow layers, random weights)."""
-    from model.t7_writer import write_vggface_t7
-    from model.vggface import SLIM_WIDTHS
+    from model.network.t7_writer import write_vggface_t7
+    from model.network.vggface import SLIM_WIDTHS
 
     path = str(tmp_path_factory.mktemp("weights") / "slim_vggface.t7")
     write_vggface_t7(path, SLIM_WIDTHS, seed=0)
@@ -41,7 +41,7 @@ def slim_t7(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def adience_root(tmp_path_factory) -> tuple[str, object]:
     """A generated Adience-shaped tree (good images and bad files) and its SyntheticSummary."""
-    from pipeline.synthetic import make_adience_tree
+    from pipeline.synthetic.tree import make_adience_tree
 
     root = str(tmp_path_factory.mktemp("adience"))
     summary = make_adience_tree(root, n_train=120, n_valid=40, seed=0, bad_files=True)
@@ -51,7 +51,7 @@ def adience_root(tmp_path_factory) -> tuple[str, object]:
 @pytest.fixture(scope="session")
 def records_dir(adience_root, tmp_path_factory) -> str:
     """The generated tree preprocessed by the Beam job (DirectRunner, one process: fastest for tests)."""
-    from pipeline.beam_job import run_preprocess
+    from pipeline.preprocess.job import run_preprocess
 
     root, _ = adience_root
     out = str(tmp_path_factory.mktemp("records"))
@@ -85,6 +85,6 @@ def classifier_path(trained_model) -> str:
 @pytest.fixture(scope="session")
 def model(classifier_path):
     """That classifier, loaded (safe mode, checked to be a classifier)."""
-    from model.classifier import load_classifier
+    from model.network.head import load_classifier
 
     return load_classifier(classifier_path)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.classifier import (VARIANCE_FLOOR, as_float32, build_classifier, head_of, load_classifier,
+from model.network.head import (VARIANCE_FLOOR, as_float32, build_classifier, head_of, load_classifier,
                               set_feature_statistics)
 from model.errors import ModelError
-from model.vggface import SLIM_WIDTHS, build_vggface
+from model.network.vggface import SLIM_WIDTHS, build_vggface
 
 
 @pytest.fixture()
@@ -26,7 +26,7 @@ def _names(model: keras.Model) -> list[str]:
 
 
 def test_default_head_standardizes_then_relu(slim_t7, float32_policy):
-    from model.backbone import load_backbone
+    from model.network.backbone import load_backbone
 
     clf = build_classifier(load_backbone(slim_t7))
     names = _names(clf)
@@ -82,8 +82,8 @@ def test_feature_statistics_standardize_each_feature(float32_policy):
 def test_cut_feature_statistics_are_each_feature_s_over_the_first_images(slim_t7, records_dir, float32_policy):
     """What the standardized head is fixed with: numpy's mean and population variance of each value of
     the flattened cut features over the first N training images, read in file order."""
-    from model.backbone import load_backbone
-    from model.feature_stats import cut_feature_statistics
+    from model.network.backbone import load_backbone
+    from model.network.feature_stats import cut_feature_statistics
     from pipeline.reader import make_dataset
 
     clf = build_classifier(load_backbone(slim_t7))
@@ -147,7 +147,7 @@ def test_mixed_precision_keeps_the_output_float32(float32_policy):
 
 
 def test_load_classifier_checks_what_it_loads(tmp_path, slim_t7, trained_model, float32_policy):
-    from model.backbone import convert_t7_to_keras
+    from model.network.backbone import convert_t7_to_keras
 
     model_path, _ = trained_model
     loaded = load_classifier(model_path)

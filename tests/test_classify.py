@@ -18,7 +18,7 @@ from tests.conftest import CLI
 FAMILIAR = re.compile(r"\A\*\*\*\*\noutput class is (female|male)\. \(sigmoid value=([-+0-9.e]+)\)\n\*\*\*\*\n\Z")
 
 
-GOOD = {  # relpath -> (label drawn, kind written by pipeline.synthetic)
+GOOD = {  # relpath -> (label drawn, kind written by pipeline.synthetic.tree)
     "a_female.jpg": (0, "jpeg"),
     "b_male.png": (1, "png"),
     "sub/c_gray.jpg": (0, "gray_jpeg"),
@@ -36,7 +36,7 @@ BAD = {  # relpath -> (bad kind, words the reason must contain)
 
 @pytest.fixture(scope="module")
 def mixed_folder(tmp_path_factory) -> str:
-    from pipeline.synthetic import bad_file_bytes, face_image, write_image
+    from pipeline.synthetic.tree import bad_file_bytes, face_image, write_image
 
     root = str(tmp_path_factory.mktemp("mixed"))
     for i, (rel, (label, kind)) in enumerate(GOOD.items()):
@@ -163,7 +163,7 @@ def test_single_bad_image_is_one_error_line_exit_1(classifier_path, mixed_folder
 
 # ------------------------------------------------------------------ library level
 def test_batched_scores_equal_one_by_one(model, mixed_folder):
-    from model.classify import classify_files
+    from model.inference.classify import classify_files
 
     paths = [os.path.join(mixed_folder, rel) for rel in GOOD] * 3
     batched = classify_files(model, paths, batch_size=4, workers=2)
@@ -176,7 +176,7 @@ def test_batched_scores_equal_one_by_one(model, mixed_folder):
 def test_inputs_reached_twice_are_classified_once(mixed_folder, tmp_path):
     """A file named twice, named and inside a folder given too, a folder and its subfolder in either
     order: each image once, in the order first reached; a second pass gives the same entries."""
-    from model.classify_inputs import Inputs
+    from model.inference.inputs import Inputs
 
     sub = os.path.join(mixed_folder, "sub")
     a = os.path.join(mixed_folder, "a_female.jpg")
@@ -189,7 +189,7 @@ def test_inputs_reached_twice_are_classified_once(mixed_folder, tmp_path):
 
 
 def test_expand_inputs_searches_folders_case_insensitively(mixed_folder, tmp_path):
-    from model.classify import expand_inputs
+    from model.inference.classify import expand_inputs
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -203,7 +203,7 @@ def test_expand_inputs_searches_folders_case_insensitively(mixed_folder, tmp_pat
 
 # ------------------------------------------------------------------ bad model
 def test_a_non_classifier_model_is_one_line_exit_2(tmp_path, mixed_folder):
-    from model.vggface import SLIM_WIDTHS, build_vggface
+    from model.network.vggface import SLIM_WIDTHS, build_vggface
 
     vgg = tmp_path / "vggface.keras"
     build_vggface(SLIM_WIDTHS).save(str(vgg))
@@ -239,9 +239,9 @@ def test_jsonl_one_object_per_line_and_json_stays_one_array(classifier_path, mix
 def test_rows_are_written_and_flushed_as_they_are_scored_with_bounded_look_ahead(model, mixed_folder, tmp_path):
     """With batches of 2, the first rows are on disk while later files have not even been listed:
     the stream pulls at most its window of entries ahead and keeps no list of rows."""
-    from model.classify import ClassifyStream
-    from model.classify_inputs import Entry
-    from model.classify_output import RowWriter
+    from model.inference.classify import ClassifyStream
+    from model.inference.inputs import Entry
+    from model.inference.output import RowWriter
 
     good = [os.path.join(mixed_folder, rel) for rel in GOOD]
     pulled = []
@@ -268,8 +268,8 @@ def test_rows_are_written_and_flushed_as_they_are_scored_with_bounded_look_ahead
 
 
 def test_progress_events_count_every_file_and_the_total_arrives(model, mixed_folder):
-    from model.classify import ClassifyStream
-    from model.classify_inputs import Inputs
+    from model.inference.classify import ClassifyStream
+    from model.inference.inputs import Inputs
 
     events = []
     inputs = Inputs([mixed_folder])
@@ -285,8 +285,8 @@ def test_progress_events_count_every_file_and_the_total_arrives(model, mixed_fol
 
 
 def test_json_array_is_valid_whatever_the_number_of_rows():
-    from model.classify import ClassifyRow
-    from model.classify_output import format_rows
+    from model.inference.classify import ClassifyRow
+    from model.inference.output import format_rows
 
     assert json.loads(format_rows([], "json")) == []
     rows = [ClassifyRow(path="a.jpg", face=0, crop="input", label="male", score=0.75),

@@ -68,7 +68,7 @@ def test_tensorflow_start_up_messages_only_with_verbose(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_tree(tmp_path_factory) -> str:
-    from pipeline.synthetic import make_adience_tree
+    from pipeline.synthetic.tree import make_adience_tree
 
     root = str(tmp_path_factory.mktemp("small_tree"))
     make_adience_tree(root, n_train=16, n_valid=8, image_size=64, seed=1)
@@ -88,7 +88,7 @@ def test_preprocess_output_has_no_worker_log_lines(small_tree, tmp_path):
 
 
 def test_ctrl_c_exits_130_with_the_hint(tmp_path):
-    from pipeline.synthetic import make_adience_tree
+    from pipeline.synthetic.tree import make_adience_tree
 
     root = str(tmp_path / "tree")
     make_adience_tree(root, n_train=900, n_valid=100, image_size=256, seed=2)
@@ -152,7 +152,7 @@ def _group_members(pgid: int) -> list[int]:
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 def test_workers_stop_when_the_launcher_is_killed(tmp_path):
     """`timeout` or a job scheduler signals the launcher alone: its Beam workers must not linger."""
-    from pipeline.synthetic import make_adience_tree
+    from pipeline.synthetic.tree import make_adience_tree
 
     root = str(tmp_path / "tree")
     make_adience_tree(root, n_train=400, n_valid=40, image_size=256, seed=2)
@@ -175,7 +175,7 @@ def test_workers_stop_when_the_launcher_is_killed(tmp_path):
 
 
 def test_process_alive():
-    from pipeline.beam_worker import process_alive
+    from pipeline.preprocess.worker import process_alive
 
     assert process_alive(os.getpid())
     child = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -11,12 +11,12 @@ import keras
 import numpy as np
 import pytest
 
-from model.backbone import convert_t7_to_keras, load_backbone, read_vggface_widths
-from model.distribute import precision
+from model.network.backbone import convert_t7_to_keras, load_backbone, read_vggface_widths
+from model.runtime import precision
 from model.errors import ModelError
-from model.t7_writer import (T7Object, conv_module, random_vggface_weights, sequential,
+from model.network.t7_writer import (T7Object, conv_module, random_vggface_weights, sequential,
                              vggface_modules, write_t7)
-from model.vggface import SLIM_WIDTHS, WEIGHTED_NAMES
+from model.network.vggface import SLIM_WIDTHS, WEIGHTED_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, os.path.join(ROOT, "cli.py")]
@@ -177,7 +177,7 @@ def test_load_backbone_builds_under_the_current_policy(cli_runs):
 
 def test_load_backbone_refuses_a_keras_file_that_is_not_vggface(tmp_path):
     # A VGG-Face cut at relu4_2, like the classifier's trunk: the named layers above are missing.
-    from model.vggface import build_vggface
+    from model.network.vggface import build_vggface
 
     full = build_vggface(SLIM_WIDTHS)
     trunk = keras.Model(full.input, full.get_layer("relu4_2").output)

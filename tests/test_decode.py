@@ -10,7 +10,7 @@ from PIL import Image, ImageFile
 from pipeline import decode
 from pipeline.decode import DecodeError, decode_image, load_image
 from pipeline.errors import DataError
-from pipeline.synthetic import EXIF_ORIENTATION, bad_file_bytes, face_image, pure_red
+from pipeline.synthetic.tree import EXIF_ORIENTATION, bad_file_bytes, face_image, pure_red
 
 
 def encoded(rgb: np.ndarray | Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:

@@ -13,7 +13,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from model.distribute import (cluster_from_env, cluster_task_count, precision_for_capabilities, select_precision,
+from model.runtime import (cluster_from_env, cluster_task_count, precision_for_capabilities, select_precision,
                               select_strategy, task_info)
 from model.errors import ModelError
 from model.training import TrainConfig, train, weights_digest
@@ -61,8 +61,8 @@ def test_tf_config_parsing(monkeypatch):
 
 def _fresh_digest(slim_t7: str, **head) -> str:
     """Digest of the untrained classifier (same seed): what training must move away from."""
-    from model.backbone import load_backbone
-    from model.classifier import build_classifier
+    from model.network.backbone import load_backbone
+    from model.network.head import build_classifier
 
     return weights_digest(build_classifier(load_backbone(slim_t7), **head))
 
@@ -97,7 +97,7 @@ def test_mixed_bfloat16_on_cpu(records_dir, slim_t7, tmp_path):
     assert math.isfinite(result.final["val_loss"])
     # The policy is restored after training, and the saved model is float32 throughout.
     assert keras.mixed_precision.global_policy().name == "float32"
-    from model.classifier import load_classifier
+    from model.network.head import load_classifier
     saved = load_classifier(result.output)
     assert {layer.compute_dtype for layer in saved.layers if layer.name != "image"} == {"float32"}
 

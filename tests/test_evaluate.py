@@ -161,7 +161,7 @@ def test_report_numbers_match_a_direct_computation(report, csv_rows, records_tru
 def test_metrics_of_an_imperfect_model_match_a_direct_computation(seed):
     """The trained model is (near) perfect on the generated data; here scores err often, tie often
     (AUC's tie rule), hit the threshold exactly, and ages fall between groups and outside them."""
-    from model.evaluate import split_metrics
+    from model.evaluation.evaluate import split_metrics
 
     rng = np.random.default_rng(seed)
     n = 500
@@ -202,8 +202,8 @@ def test_predictions_csv_has_header_and_one_row_per_example(report_dir, report, 
                                                          (5, "low", "mirrored")])
 def test_same_scores_whatever_batch_size_memory_mode_or_strategy(model, records_dir, csv_rows,
                                                                  batch_size, memory, strategy):
-    from model.distribute import select_strategy
-    from model.evaluate import predict_split, split_metrics
+    from model.runtime import select_strategy
+    from model.evaluation.evaluate import predict_split, split_metrics
 
     chosen = select_strategy(strategy) if strategy else None
     if chosen is not None:
@@ -223,7 +223,7 @@ def test_same_scores_whatever_batch_size_memory_mode_or_strategy(model, records_
 
 # ------------------------------------------------------------------ serving sees training's pixels
 def test_classify_scores_equal_evaluate_scores_for_the_original_files(model, adience_root, csv_rows):
-    from model.classify import classify_files
+    from model.inference.classify import classify_files
 
     root, _ = adience_root
     rows = [r for r in csv_rows if r["split"] == "valid"]
@@ -237,7 +237,7 @@ def test_classify_scores_equal_evaluate_scores_for_the_original_files(model, adi
 
 # ------------------------------------------------------------------ degenerate cases
 def test_one_class_only_gives_null_auc_with_a_note_and_empty_groups_n0():
-    from model.evaluate import split_metrics
+    from model.evaluation.evaluate import split_metrics
 
     m = split_metrics(np.ones(4, int), np.array([0.9, 0.2, 0.6, 0.7], np.float32), np.array([30, 30, 31, 28]))
     assert m["auc"] is None and "male" in m["auc_note"]
@@ -251,7 +251,7 @@ def test_one_class_only_gives_null_auc_with_a_note_and_empty_groups_n0():
 
 
 def test_age_between_groups_goes_to_the_nearest_ties_older():
-    from model.evaluate import split_metrics
+    from model.evaluation.evaluate import split_metrics
 
     ages = np.array([3, 7, 14, 22, 35, 45, 57])
     m = split_metrics(np.zeros(len(ages), int), np.zeros(len(ages), np.float32), ages)
@@ -263,7 +263,7 @@ def test_age_between_groups_goes_to_the_nearest_ties_older():
 
 
 def test_unknown_ages_get_their_own_entry_but_are_never_the_worst_group():
-    from model.evaluate import split_metrics
+    from model.evaluation.evaluate import split_metrics
 
     m = split_metrics(np.array([0, 1, 1, 0]), np.array([0.9, 0.9, 0.9, 0.1], np.float32),
                       np.array([-1, -1, 30, 30]))
@@ -295,7 +295,7 @@ def test_cli_prints_summary_and_defaults_the_report_beside_the_model(classifier_
 
 @pytest.fixture(scope="module")
 def vggface_keras(tmp_path_factory) -> str:
-    from model.vggface import SLIM_WIDTHS, build_vggface
+    from model.network.vggface import SLIM_WIDTHS, build_vggface
 
     path = str(tmp_path_factory.mktemp("vgg") / "vggface.keras")
     build_vggface(SLIM_WIDTHS).save(path)
@@ -332,8 +332,8 @@ def test_bad_input_is_one_line_and_exit_2(case, classifier_path, vggface_keras, 
 
 
 def test_summary_names_the_worst_age_group_with_its_accuracy_and_count():
-    from model.evaluate import split_metrics
-    from model.report import summary_lines
+    from model.evaluation.evaluate import split_metrics
+    from model.evaluation.report import summary_lines
 
     m = split_metrics(np.array([0, 1, 0, 1, 1]), np.array([0.1, 0.9, 0.8, 0.2, 0.7], np.float32),
                       np.array([1, 1, 30, 30, 30]))
@@ -347,8 +347,8 @@ def test_summary_names_the_worst_age_group_with_its_accuracy_and_count():
 
 def test_majority_baseline_and_a_collapsed_model_are_said():
     """A model that answers one class for everyone is said plainly; its accuracy is the baseline's."""
-    from model.evaluate import split_metrics
-    from model.report import summary_lines
+    from model.evaluation.evaluate import split_metrics
+    from model.evaluation.report import summary_lines
 
     labels = np.array([0, 0, 0, 1])
     m = split_metrics(labels, np.full(4, 0.5, np.float32), np.array([30, 30, 30, 30]))
@@ -362,7 +362,7 @@ def test_majority_baseline_and_a_collapsed_model_are_said():
 
 
 def test_library_refuses_unknown_memory_mode_and_batch_size(classifier_path, records_dir):
-    from model.evaluate import evaluate
+    from model.evaluation.evaluate import evaluate
     from pipeline.errors import DataError
 
     with pytest.raises(DataError, match="unknown memory mode 'medium'"):

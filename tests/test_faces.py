@@ -77,7 +77,7 @@ def photos(grace, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def detector():
-    from model.detect import FaceDetector
+    from model.inference.faces.detect import FaceDetector
 
     return FaceDetector()
 
@@ -135,7 +135,7 @@ def test_the_turned_face_is_found_where_the_face_went(found, grace, photos):
     cx, cy = turned_point((x + w / 2, y + h / 2), grace.size, turned_size)
     fx, fy, fw, fh = faces[0].box
     assert math.hypot(fx + fw / 2 - cx, fy + fh / 2 - cy) < 0.15 * w
-    from pipeline.align import eye_roll
+    from model.inference.faces.align import eye_roll
 
     # The eye line turned with the photo (PIL turns counter-clockwise: the roll goes negative).
     roll = math.degrees(eye_roll(faces[0].landmarks) - eye_roll(found["grace.png"][0].landmarks))
@@ -157,7 +157,7 @@ def test_small_face_is_found_and_measured_small(found):
 def test_alignment_puts_landmarks_where_adience_has_them():
     """A picture with dots at five landmarks, turned, shifted and scaled: after alignment the dots
     are at the template's places (eyes level, Adience's eye distance and height)."""
-    from pipeline.align import ALIGNED_SIZE, TEMPLATE, aligned_square
+    from model.inference.faces.align import ALIGNED_SIZE, TEMPLATE, aligned_square
 
     t, s, shift = math.radians(-25), 0.4, np.array([150.0, 90.0])
     rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
@@ -177,7 +177,7 @@ def test_alignment_puts_landmarks_where_adience_has_them():
 
 
 def test_adience_geometry_of_the_template():
-    from pipeline.align import ALIGNED_SIZE, TEMPLATE
+    from model.inference.faces.align import ALIGNED_SIZE, TEMPLATE
 
     (lx, ly), (rx, ry) = TEMPLATE[:2]
     assert abs(ly - ry) < 1.5 and abs((lx + rx) / 2 - ALIGNED_SIZE / 2) < 1
@@ -191,7 +191,7 @@ def test_the_turned_and_detected_face_is_cropped_like_the_upright_one(found, gra
     averaged down to 28×28 (what is compared is where the face is, not the JPEG grain).
     Threshold 0.10 (measured 0.04 at +20°; the detector's landmarks move a few pixels between the
     two photos), and at most half the difference without the roll correction (measured 0.19)."""
-    from pipeline.align import align_face, eye_roll
+    from model.inference.faces.align import align_face, eye_roll
     from pipeline.decode import load_photo
 
     upright = _grey(align_face(grace, found["grace.png"][0].landmarks))
@@ -223,7 +223,7 @@ def test_decode_photo_then_model_input_is_decode_image():
     assert np.array_equal(to_model_input(decode_photo(data), 224), decode_image(data, 224))
     # A photo stored sideways with an EXIF orientation is searched upright, as decode_image sees it
     # (the JPEG path differs only by decode_image's DCT-domain shortcut: a few grey levels).
-    from pipeline.synthetic import EXIF_ORIENTATION
+    from pipeline.synthetic.tree import EXIF_ORIENTATION
 
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6
@@ -236,7 +236,7 @@ def test_decode_photo_then_model_input_is_decode_image():
 
 
 def test_looks_aligned_only_for_a_crop_laid_out_like_adience(grace, found, detector):
-    from pipeline.align import aligned_square, looks_aligned
+    from model.inference.faces.align import aligned_square, looks_aligned
 
     crop = aligned_square(grace, found["grace.png"][0].landmarks)
     again = detector.detect(np.asarray(crop))
@@ -276,7 +276,7 @@ def test_classify_photos_rows_exit_status_and_annotated_pictures(classifier_path
     assert summary.startswith("classified 4 faces in 3 of 5 files")
     assert "2 failed" in summary and "1 faces smaller than 40 px skipped" in summary
     # One annotated picture per photo, the paths mirrored under the folder; boxes drawn in colour.
-    from model.annotate import COLOURS, annotated_path
+    from model.inference.faces.annotate import COLOURS, annotated_path
 
     for name, path in photos.items():
         target = annotated_path(str(annotated), path)
@@ -300,8 +300,8 @@ def test_min_face_flag_keeps_the_small_face(classifier_path, photos, capsys):
 
 
 def test_faces_of_many_photos_batched_score_as_one_photo_at_a_time(model, photos):
-    from model.classify import ClassifyStream, make_forward
-    from model.classify_inputs import Entry
+    from model.inference.classify import ClassifyStream, make_forward
+    from model.inference.inputs import Entry
 
     paths = [photos[n] for n in ("two.png", "grace.png", "turned.png", "noface.png", "two.png")]
     forward = make_forward(model)
@@ -321,7 +321,7 @@ def test_auto_leaves_aligned_crops_alone_and_detects_on_photos(classifier_path, 
                                                               capsys):
     """The rule: a file named landmark_aligned_face.* is a crop (no detection); a square picture whose
     one face's aligned square is about the picture itself is a crop; anything else is a photo."""
-    from pipeline.align import aligned_square
+    from model.inference.faces.align import aligned_square
 
     named = tmp_path / "landmark_aligned_face.1.grace.png"        # a whole photo, but named as a crop
     grace.save(named)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.linear_probe import cut_model, frozen_features, linear_probe
-from model.t7_writer import REALISTIC_RELU4_2_RMS, write_vggface_t7
-from model.vggface import SLIM_WIDTHS
+from model.evaluation.linear_probe import cut_model, frozen_features, linear_probe
+from model.network.t7_writer import REALISTIC_RELU4_2_RMS, write_vggface_t7
+from model.network.vggface import SLIM_WIDTHS
 
 SIZE = 112            # records side: small for speed; the features stay realistic (tested below)
 # 400 training faces: with 200 the trainer generalizes on the shape set about as well as the probe
@@ -26,8 +26,8 @@ FLOOR = 0.90
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> dict[str, str]:
     """Records of the two generated sets, by cue."""
-    from pipeline.beam_job import run_preprocess
-    from pipeline.synthetic import make_adience_tree
+    from pipeline.preprocess.job import run_preprocess
+    from pipeline.synthetic.tree import make_adience_tree
 
     out = {}
     for cue in ("colour", "shape"):

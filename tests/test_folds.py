@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import cli
-from pipeline.beam_job import run_preprocess
+from pipeline.preprocess.job import run_preprocess
 from pipeline.decode import decode_image
 from pipeline.errors import DataError
 from pipeline.folds import (FOLD_FILE, FOLD_SPLITS, N_FOLDS, FoldRow, check_subject_exclusive, parse_age,
@@ -25,7 +25,7 @@ from pipeline.manifest import load_manifest
 from pipeline.reader import make_dataset
 from pipeline.records import decode_example
 from pipeline.schema import AGE_UNKNOWN, LABEL_NAMES, MANIFEST_NAME, REJECTS_NAME, age_group_of
-from pipeline.synthetic import BAD_ROW_KINDS, make_adience_folds, make_adience_tree
+from pipeline.synthetic.tree import BAD_ROW_KINDS, make_adience_folds, make_adience_tree
 from tests.conftest import CLI, ROOT
 
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -284,8 +284,8 @@ def test_several_folds_read_as_one_split(folds_records):
 
 # ----------------------------------------------------------------------------- aggregate statistics
 def test_aggregate_is_mean_and_sample_std_of_the_folds():
-    from model.crossval import aggregate_folds
-    from model.evaluate import split_metrics
+    from model.evaluation.crossval import aggregate_folds
+    from model.evaluation.evaluate import split_metrics
 
     rng = np.random.default_rng(0)
     metrics = []
@@ -330,7 +330,7 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
 def cross_validation(folds_records, slim_t7, tmp_path_factory) -> dict:
     """train --folds killed inside fold 2 (in-process, after its first checkpoint), then the same
     command run again (it must skip folds 0-1 and resume fold 2), then evaluate --folds."""
-    from model.crossval import train_folds
+    from model.evaluation.crossval import train_folds
     from model.training import TrainConfig
 
     records, _ = folds_records

@@ -59,14 +59,14 @@ def _run(venv: str, args: list[str], cwd: str) -> subprocess.CompletedProcess:
 
 def test_the_installed_console_script_runs_from_anywhere(installed, tmp_path):
     where = subprocess.run([os.path.join(installed, "bin", "python"), "-c",
-                            "import cli, pipeline.beam_worker as w; print(cli.__file__); print(w.__file__)"],
+                            "import cli, pipeline.preprocess.worker as w; print(cli.__file__); print(w.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path, check=True).stdout.split()
     assert all(path.startswith(installed) for path in where)     # the wheel's code, not this folder's
 
     version = _run(installed, ["--version"], cwd=str(tmp_path))
     assert version.returncode == 0 and version.stdout == f"gender-classifier {cli.__version__}\n"
 
-    from pipeline.synthetic import make_adience_tree
+    from pipeline.synthetic.tree import make_adience_tree
 
     make_adience_tree(str(tmp_path / "faces"), n_train=12, n_valid=6, image_size=64, seed=3)
     # Two Beam worker processes: they start from the installed package too.

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from model.model_card import MODEL_CARD_NAME, model_card, wilson_interval
+from model.evaluation.model_card import MODEL_CARD_NAME, model_card, wilson_interval
 
 
 @pytest.mark.parametrize("correct, n, expected", [
@@ -24,7 +24,7 @@ def test_wilson_interval(correct, n, expected):
 
 
 def _report(labels, scores, ages) -> dict:
-    from model.evaluate import AGE_GROUP_RULE, split_metrics
+    from model.evaluation.evaluate import AGE_GROUP_RULE, split_metrics
     from pipeline.schema import AGE_GROUP_NAMES
 
     return {"model": "/m/gender_classifier.keras", "records": "/r", "positive_class": "male",
@@ -58,8 +58,8 @@ def test_the_card_shows_the_report_by_gender_and_age_group():
 
 
 def test_evaluate_writes_the_card_beside_the_report(classifier_path, records_dir, tmp_path):
-    from model.evaluate import evaluate
-    from model.report import write_report
+    from model.evaluation.evaluate import evaluate
+    from model.evaluation.report import write_report
 
     report = write_report(evaluate(classifier_path, records_dir, split="all"), str(tmp_path))
     assert report["files"]["model_card"] == MODEL_CARD_NAME

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import beam_job
-from pipeline.beam_job import default_shards, run_preprocess
+from pipeline.preprocess import job as beam_job
+from pipeline.preprocess.job import default_shards, run_preprocess
 from pipeline.decode import decode_image
 from pipeline.errors import DataError
 from pipeline.manifest import load_manifest
 from pipeline.records import decode_example
 from pipeline.schema import LABEL_NAMES, MANIFEST_NAME, REJECTS_NAME, SPLIT_DIRS
-from pipeline.synthetic import face_image, make_adience_tree, write_image
+from pipeline.synthetic.tree import face_image, make_adience_tree, write_image
 
 from .conftest import CLI, ROOT
 

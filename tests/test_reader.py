@@ -332,8 +332,8 @@ def test_bad_inputs_give_one_clear_error(records, tmp_path):
 
 @pytest.fixture
 def beam_records(request):
-    pytest.importorskip("pipeline.beam_job")
-    pytest.importorskip("pipeline.synthetic")
+    pytest.importorskip("pipeline.preprocess.job")
+    pytest.importorskip("pipeline.synthetic.tree")
     return request.getfixturevalue("records_dir"), request.getfixturevalue("adience_root")[1]
 
 

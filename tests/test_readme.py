@@ -49,7 +49,7 @@ def test_readme_command_parses(command):
     args, extra = cli.build_parser().parse_known_args(argv)
     if args.command == "preprocess":
         # Options the command does not know go to Beam, which must know them.
-        from pipeline.beam_job import _beam_options
+        from pipeline.preprocess.job import _beam_options
         _beam_options(extra)
     else:
         assert extra == [], f"unknown options in the README: {extra}"

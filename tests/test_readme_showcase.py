@@ -73,7 +73,7 @@ def test_the_pictures_are_in_the_repository_and_small():
 
 
 def test_the_report_sample_has_the_shape_evaluate_writes():
-    from model.evaluate import split_metrics
+    from model.evaluation.evaluate import split_metrics
 
     sample = json.loads(_generated("report.json"))
     rng = np.random.default_rng(0)
@@ -89,8 +89,8 @@ def test_the_report_sample_has_the_shape_evaluate_writes():
 
 
 def test_the_classify_sample_has_the_table_columns():
-    from model.classify import ClassifyRow
-    from model.classify_output import format_rows
+    from model.inference.classify import ClassifyRow
+    from model.inference.output import format_rows
 
     table = _generated("classify-table").splitlines()
     assert table[0].startswith("$ python cli.py classify ")

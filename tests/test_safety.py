@@ -23,9 +23,9 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.beam_job import run_preprocess
+from pipeline.preprocess.job import run_preprocess
 from pipeline.schema import MANIFEST_NAME, REJECTS_NAME
-from pipeline.synthetic import make_adience_tree
+from pipeline.synthetic.tree import make_adience_tree
 
 from .conftest import CLI, ROOT
 
@@ -128,8 +128,8 @@ def records(tiny_records, tmp_path) -> str:
 @pytest.fixture(scope="module")
 def small_model(slim_t7, tmp_path_factory) -> str:
     """An (untrained) slim classifier at SIZE: scores are beside the point of these tests."""
-    from model.backbone import load_backbone
-    from model.classifier import build_classifier
+    from model.network.backbone import load_backbone
+    from model.network.head import build_classifier
 
     path = str(tmp_path_factory.mktemp("safety_model") / "small.keras")
     build_classifier(load_backbone(slim_t7, image_size=SIZE), freeze_through="none").save(path)
@@ -371,8 +371,8 @@ def test_manifest_digest_tells_other_records_apart(tiny_records, records):
 def _crafted_t7(path: str, huge: int) -> None:
     """A slim VGG_FACE structure whose conv1_1 and conv1_2 claim `huge` output channels through
     zero strides over tiny storages: the 22 KB file that asked for 144 GiB."""
-    from model import t7_writer as w
-    from model.vggface import SLIM_WIDTHS
+    from model.network import t7_writer as w
+    from model.network.vggface import SLIM_WIDTHS
 
     class Repeated(w.T7Tensor):
         def __init__(self, shape, value):
@@ -402,7 +402,7 @@ def _crafted_t7(path: str, huge: int) -> None:
 
 def test_crafted_t7_with_zero_strides_is_refused_before_allocating(tmp_path):
     from model.errors import ModelError
-    from model.t7 import read_vggface_t7
+    from model.network.t7 import read_vggface_t7
 
     path = str(tmp_path / "crafted.t7")
     _crafted_t7(path, 2**30)
@@ -415,10 +415,10 @@ def test_crafted_t7_with_zero_strides_is_refused_before_allocating(tmp_path):
 
 
 def test_t7_sizes_beyond_vggface_are_refused(tmp_path):
-    from model import t7_writer as w
+    from model.network import t7_writer as w
     from model.errors import ModelError
-    from model.t7 import MAX_CONV_WIDTH, read_vggface_t7
-    from model.vggface import SLIM_WIDTHS
+    from model.network.t7 import MAX_CONV_WIDTH, read_vggface_t7
+    from model.network.vggface import SLIM_WIDTHS
 
     modules = w.vggface_modules(w.random_vggface_weights(SLIM_WIDTHS, seed=0))
     wide = MAX_CONV_WIDTH + 1
@@ -463,7 +463,7 @@ def test_a_model_with_nan_weights_is_refused_by_classify_and_evaluate(small_mode
                                                                       tmp_path):
     import keras
 
-    from model.classifier import OUTPUT_LAYER
+    from model.network.head import OUTPUT_LAYER
 
     model = keras.models.load_model(small_model, safe_mode=True, compile=False)
     layer = model.get_layer(OUTPUT_LAYER)
@@ -633,7 +633,7 @@ def test_read_bytes_caps_what_it_reads(tmp_path):
 def test_training_evaluate_and_classify_do_not_import_beam(tiny_records, tiny_root):
     probe = (
         "import sys\n"
-        "import model.training, model.evaluate, model.classify, model.crossval\n"
+        "import model.training, model.evaluation.evaluate, model.inference.classify, model.evaluation.crossval\n"
         "from pipeline.manifest import load_manifest\n"
         "from pipeline.decode import load_image\n"
         "from pipeline.reader import make_dataset\n"

@@ -1,4 +1,4 @@
-"""The SavedModel for serving (model/serving.py), and models that load without this project.
+"""The SavedModel for serving (model/inference/serving.py), and models that load without this project.
 
 `serve_images` must see the pixels `classify` sees: its in-graph decoding is compared with
 `pipeline.decode.decode_image`, and its scores with `classify`, on the same files (generated faces
@@ -24,11 +24,11 @@ import tensorflow as tf
 from PIL import Image
 
 from model.errors import ModelError
-from model.serving import (KERAS_SERVE, LABEL_OUTPUT, PROBABILITY_OUTPUT, SERVE_IMAGES, SERVING_DEFAULT,
+from model.inference.serving import (KERAS_SERVE, LABEL_OUTPUT, PROBABILITY_OUTPUT, SERVE_IMAGES, SERVING_DEFAULT,
                            decode_for_model, exif_orientation, export_savedmodel)
 from pipeline.decode import decode_image
 from pipeline.schema import DEFAULT_IMAGE_SIZE, LABEL_NAMES
-from pipeline.synthetic import EXIF_ORIENTATION, face_image
+from pipeline.synthetic.tree import EXIF_ORIENTATION, face_image
 from tests.conftest import ROOT
 from tests.test_decode import encoded
 from tests.test_faces import grace_path
@@ -218,8 +218,8 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def test_serve_images_matches_classify_on_the_same_files(savedmodel, model, sample_files):
-    from model.classifier import OUTPUT_LAYER
-    from model.classify import classify_files
+    from model.network.head import OUTPUT_LAYER
+    from model.inference.classify import classify_files
 
     paths = list(sample_files.values())
     rows = classify_files(model, paths, faces="aligned")
@@ -291,8 +291,8 @@ def run_without_project(script: str, cwd: str, *args: str) -> subprocess.Complet
 
 def test_keras_files_load_with_plain_keras_and_give_the_same_scores(classifier_path, slim_t7, sample_files,
                                                                     tmp_path):
-    from model.backbone import convert_t7_to_keras, load_backbone
-    from model.classifier import load_classifier
+    from model.network.backbone import convert_t7_to_keras, load_backbone
+    from model.network.head import load_classifier
 
     vggface = str(tmp_path / "vggface.keras")
     convert_t7_to_keras(slim_t7, vggface)
@@ -326,7 +326,7 @@ def _readme_serving_snippet() -> str:
 
 
 def test_readme_python_snippet_runs_without_the_project(savedmodel, model, tmp_path):
-    from model.classify import classify_files
+    from model.inference.classify import classify_files
 
     snippet = _readme_serving_snippet()
     names = re.findall(r'"(face\d\.\w+)"', snippet)

@@ -8,9 +8,9 @@ import numpy as np
 from PIL import Image
 
 from pipeline.decode import decode_image
-from pipeline.discover import FOLDER_PATTERN
+from pipeline.preprocess.discover import FOLDER_PATTERN
 from pipeline.schema import AGE_GROUPS
-from pipeline.synthetic import BAD_KINDS, SPECIAL_KINDS, make_adience_tree
+from pipeline.synthetic.tree import BAD_KINDS, SPECIAL_KINDS, make_adience_tree
 
 
 def files_under(root: str) -> dict[str, bytes]:
@@ -102,7 +102,7 @@ def test_shape_cue_classes_do_not_differ_by_colour():
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
-    from pipeline.synthetic import face_image
+    from pipeline.synthetic.tree import face_image
 
     def colour_only_accuracy(cue: str) -> float:
         pixels = [face_image(s % 2, 64, seed=s, cue=cue).reshape(-1, 3).astype(float) for s in range(200)]

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torchfile
 
-from model.backbone import load_backbone, read_vggface_widths
+from model.network.backbone import load_backbone, read_vggface_widths
 from model.errors import ModelError
-from model.t7 import load_t7_keras_weights, read_vggface_t7
-from model.t7_writer import (T7Object, T7Writer, conv_module, pool_module, random_vggface_weights,
+from model.network.t7 import load_t7_keras_weights, read_vggface_t7
+from model.network.t7_writer import (T7Object, T7Writer, conv_module, pool_module, random_vggface_weights,
                              sequential, vggface_modules, write_t7, write_vggface_t7)
-from model.vggface import FULL_WIDTHS, SLIM_WIDTHS, VGG_MEAN_BGR, widths_of
+from model.network.vggface import FULL_WIDTHS, SLIM_WIDTHS, VGG_MEAN_BGR, widths_of
 
 # The module classes of VGG_FACE.t7, spelled out independently of the code under test.
 _C, _R, _P = "nn.SpatialConvolutionMM", "nn.ReLU", "nn.SpatialMaxPooling"

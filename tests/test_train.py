@@ -162,8 +162,8 @@ def test_checkpoint_of_another_training_is_refused(tmp_path, slim_t7, records_di
 
 
 def test_frozen_layers_do_not_change(tmp_path, slim_t7, records_dir):
-    from model.backbone import load_backbone
-    from model.classifier import build_classifier, load_classifier
+    from model.network.backbone import load_backbone
+    from model.network.head import build_classifier, load_classifier
 
     result = train(TrainConfig(weights=slim_t7, records=records_dir, output=str(tmp_path / "m.keras"), epochs=1,
                                batch_size=32, augment=False, strategy="default", precision="float32"))
@@ -187,8 +187,8 @@ def test_a_collapsed_model_is_said_by_train_and_evaluate(tmp_path, slim_t7):
     epoch, and evaluate puts the majority-class baseline beside the accuracy and says so too."""
     import shutil
 
-    from pipeline.beam_job import run_preprocess
-    from pipeline.synthetic import make_adience_tree
+    from pipeline.preprocess.job import run_preprocess
+    from pipeline.synthetic.tree import make_adience_tree
 
     root = tmp_path / "root"
     make_adience_tree(str(root), n_train=24, n_valid=10, image_size=48, seed=2, bad_files=False, variety=False)

@@ -43,7 +43,7 @@ def test_xla_step_gives_the_same_training_within_tolerance(slim_t7, records_dir,
     runs = {}
     for jit in ("off", "on"):
         result = train(_config(slim_t7, records_dir, str(tmp_path / f"{jit}.keras"), jit=jit, epochs=2, dropout=0.0))
-        from model.classifier import load_classifier
+        from model.network.head import load_classifier
 
         runs[jit] = (result.history, load_classifier(result.output).get_weights())
     (history_off, weights_off), (history_on, weights_on) = runs["off"], runs["on"]
@@ -114,8 +114,8 @@ def test_a_non_finite_loss_stops_training_at_once_with_nothing_saved(slim_t7, re
 
 
 def test_resuming_on_other_records_of_the_same_size_is_refused(slim_t7, adience_root, records_dir, tmp_path):
-    from pipeline.beam_job import run_preprocess
-    from pipeline.synthetic import make_adience_tree
+    from pipeline.preprocess.job import run_preprocess
+    from pipeline.synthetic.tree import make_adience_tree
 
     checkpoints = str(tmp_path / "ckpt")
     train(_config(slim_t7, records_dir, str(tmp_path / "a.keras"), checkpoint_dir=checkpoints))

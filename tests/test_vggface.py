@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from model.distribute import precision
-from model.vggface import (CONV_NAMES, FULL_WIDTHS, LAYER_NAMES, SLIM_WIDTHS, VGG_MEAN_BGR,
+from model.runtime import precision
+from model.network.vggface import (CONV_NAMES, FULL_WIDTHS, LAYER_NAMES, SLIM_WIDTHS, VGG_MEAN_BGR,
                            MeanSubtract, VGGWidths, build_vggface, mean_subtraction, widths_of)
 
 

@@ -47,7 +47,7 @@ class TrainConfig:
     shuffle: bool = _resume(True)
     cut_layer: str = _resume(DEFAULT_CUT_LAYER)
     freeze_through: str | None = _resume(DEFAULT_FREEZE_THROUGH)
-    head: str = _resume(DEFAULT_HEAD)     # "standardized" or "original" (model/classifier.py)
+    head: str = _resume(DEFAULT_HEAD)     # "standardized" or "original" (model/network/head.py)
     dense_units: int = _resume(DEFAULT_DENSE_UNITS)
     dropout: float = _resume(DEFAULT_DROPOUT)
     learning_rate: float = _resume(DEFAULT_LEARNING_RATE)

@@ -15,10 +15,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.classifier import STANDARDIZE_LAYER, build_classifier, set_feature_statistics
-from model.calls import CallSizer
+from model.network.head import STANDARDIZE_LAYER, build_classifier, set_feature_statistics
+from model.runtime import CallSizer
 from model.defaults import HEAD_STANDARDIZED
-from model.distribute import (TaskInfo, accelerators, precision, resolve_augment_on, resolve_jit, select_precision,
+from model.runtime import (TaskInfo, accelerators, precision, resolve_augment_on, resolve_jit, select_precision,
                               select_strategy, task_info)
 from model.errors import ModelError
 from model.training import events
@@ -74,7 +74,7 @@ def collapse_reason(val_loss: float, predicted_male: int, count: int) -> str | N
 def train(config: TrainConfig, progress: events.Progress | None = None,
           strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Train (or resume training) the classifier. `strategy`: one already created from
-    config.strategy (several runs in one process share it: see model/crossval.py)."""
+    config.strategy (several runs in one process share it: see model/evaluation/crossval.py)."""
     check_config(config)
     # First, before TensorFlow runs anything: MultiWorkerMirroredStrategy must configure the
     # collective ops at start-up.
@@ -130,8 +130,8 @@ class _Run:
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
-        from model.backbone import load_backbone
-        from model.vggface import widths_of
+        from model.network.backbone import load_backbone
+        from model.network.vggface import widths_of
 
         config = self.config
         with self.strategy.scope():
@@ -163,7 +163,7 @@ class _Run:
     def _fix_feature_statistics(self, restored: bool) -> dict:
         """Fix the standardized head's statistics on a fresh run (a restored one has them from its
         checkpoint) and say how large the cut layer's features are."""
-        from model.feature_stats import cut_feature_statistics
+        from model.network.feature_stats import cut_feature_statistics
 
         config = self.config
         standardized = config.head == HEAD_STANDARDIZED

@@ -12,9 +12,9 @@ from typing import Iterable
 
 import numpy as np
 
-from model.evaluate import (AGE_GROUP_RULE, DECISION_THRESHOLD, POSITIVE_CLASS, Evaluation,
+from model.evaluation.evaluate import (AGE_GROUP_RULE, DECISION_THRESHOLD, POSITIVE_CLASS, Evaluation,
                             SplitPredictions, label_name)
-from model.model_card import write_model_card
+from model.evaluation.model_card import write_model_card
 from pipeline.schema import AGE_GROUP_NAMES, LABEL_NAMES
 
 REPORT_NAME = "report.json"

@@ -3,7 +3,7 @@
 variant (aligned/ and valid/ with <age>_<F|M> folders) and the official distribution (five fold
 files naming the images under aligned/<user_id>/), chosen automatically or forced.
 
-Listing is literal (pipeline/beam_files.py: a ROOT holding `*?[]` is a name, not a pattern), and
+Listing is literal (pipeline/preprocess/beam_files.py: a ROOT holding `*?[]` is a name, not a pattern), and
 every entry found is accounted for: a dangling symbolic link, a FIFO, a device or an entry that
 cannot be read is a reject with its reason, never silently dropped."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.beam_files import list_tree, read_file
+from pipeline.preprocess.beam_files import list_tree, read_file
 from pipeline.errors import DataError
 from pipeline.folds import FOLD_FILE, N_FOLDS, FoldRow, check_subject_exclusive, fold_split, parse_fold_file
 from pipeline.schema import GENDER_CODES, LAYOUT_ALIGNED_VALID, LAYOUT_FOLDS, LAYOUTS, SPLIT_DIRS

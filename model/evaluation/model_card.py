@@ -96,7 +96,7 @@ def _data_lines(report: dict, manifest) -> list[str]:
 
 
 def model_card(report: dict, manifest=None) -> str:
-    """The card's Markdown from a report body (model.report.build_report) and, if given, the
+    """The card's Markdown from a report body (model.evaluation.report.build_report) and, if given, the
     records' Manifest."""
     name = os.path.basename(report["model"].rstrip("/"))
     lines = [f"# Model card: {name}", "",

@@ -3,15 +3,15 @@
 What a file is (`faces`):
 - "aligned": a face crop like Adience's aligned faces. It goes through `pipeline.decode.load_image`,
   the function `preprocess` uses, at the model's input size: the pixels training saw.
-- "detect": a photo. Every face is found (`model.detect`), aligned the way Adience's faces are
-  (`pipeline.align`: eyes level, Adience's margin, then the same resize as `load_image`) and
+- "detect": a photo. Every face is found (`model.inference.faces.detect`), aligned the way Adience's faces are
+  (`model.inference.faces.align`: eyes level, Adience's margin, then the same resize as `load_image`) and
   classified; one row per face, left to right. Faces smaller than `min_face` pixels are skipped and
   counted; a photo without a face kept gets one error row (it counts as failed, like an unreadable
   file).
 - "auto" (the default) treats a file as an aligned crop, without detection, when its name starts
   with "landmark_aligned_face." (how Adience names its aligned faces, and the files preprocess
   reads), or when detection finds exactly one face in a square picture and that face's aligned
-  square is about the picture itself (`pipeline.align.looks_aligned`): then the whole picture is
+  square is about the picture itself (`model.inference.faces.align.looks_aligned`): then the whole picture is
   classified as `aligned` would, and the row carries the detector's box. Otherwise as "detect".
 
 Throughput: files are read, decoded and searched for faces in a thread pool a window ahead of the
@@ -30,11 +30,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from model.classify_inputs import Entry, Inputs
+from model.inference.inputs import Entry, Inputs
 # ClassifyRow is part of this module's API: the rows it yields.
-from model.classify_prepare import FACE_MODES, ClassifyRow, Prepared, PrepareSettings, prepare
-from model.detect import DEFAULT_MIN_FACE, FaceDetector
-from model.evaluate import label_name
+from model.inference.prepare import FACE_MODES, ClassifyRow, Prepared, PrepareSettings, prepare
+from model.inference.faces.detect import DEFAULT_MIN_FACE, FaceDetector
+from model.evaluation.evaluate import label_name
 from model.progress import Advanced, Ended, Progress, Started, TotalKnown
 from pipeline.errors import DataError
 
@@ -103,7 +103,7 @@ def make_forward(model) -> Callable[[np.ndarray], np.ndarray]:
 class ClassifyStream:
     """Iterating yields the rows of `entries` in order as they are scored; `tally` counts them.
 
-    annotate_dir: each decoded file is also written there with its faces drawn (model.annotate).
+    annotate_dir: each decoded file is also written there with its faces drawn (model.inference.faces.annotate).
     total: a function counting the entries, run in a background thread for the progress bar.
     """
 
@@ -144,7 +144,7 @@ class ClassifyStream:
         """A file's rows, counted as each is taken (the consumer writes a row before asking for the
         next, so the tally matches what was written even when the run is interrupted)."""
         if self.annotate_dir is not None and prepared.picture is not None:
-            from model.annotate import save_annotated
+            from model.inference.faces.annotate import save_annotated
 
             save_annotated(self.annotate_dir, prepared)
         for row in prepared.rows:
@@ -207,7 +207,7 @@ class ExpandedInputs:
 
 
 def expand_inputs(inputs: Sequence[str]) -> ExpandedInputs:
-    """All entries of `inputs` at once (model.classify_inputs.Inputs streams them)."""
+    """All entries of `inputs` at once (model.inference.inputs.Inputs streams them)."""
     stream = Inputs(inputs)
     entries = list(stream)
     return ExpandedInputs(entries, stream.skipped, stream.single_image)
@@ -225,7 +225,7 @@ def classify(model_path: str, inputs: Sequence[str], batch_size: int = 64, worke
              annotate_dir: str | None = None) -> ClassifyResult:
     """Load a classifier (ModelError if the file is not one), classify every face of the inputs and
     return all rows at once (for a few files; the command streams them with ClassifyStream)."""
-    from model.classifier import load_classifier
+    from model.network.head import load_classifier
 
     model = load_classifier(model_path)
     stream_inputs = Inputs(inputs)

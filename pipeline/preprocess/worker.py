@@ -53,12 +53,12 @@ def exit_when_gone(pid: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.beam_worker")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.preprocess.worker")
     parser.add_argument("--launcher-pid", type=int, default=None, help="stop when this process is gone")
     launcher = parser.parse_args().launcher_pid
     if launcher is not None:
         exit_when_gone(launcher)
-    # The worker starts with SIGINT blocked (see pipeline.beam_job): a Ctrl-C during start-up is
+    # The worker starts with SIGINT blocked (see pipeline.preprocess.job): a Ctrl-C during start-up is
     # pending, not a KeyboardInterrupt traceback. From here on SIGINT (a pending one at once) ends
     # the worker, before it could log its launcher's closed connections as errors.
     signal.signal(signal.SIGINT, signal.SIG_DFL)

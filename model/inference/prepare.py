@@ -1,8 +1,8 @@
 """What one input file becomes before the model sees it: its rows and the face crops to score.
 
 `prepare` runs in classify's thread pool, one file at a time: read and decode the file, and then,
-depending on `faces` (see model.classify), either take the whole file as an aligned crop or find
-its faces (model.detect), align each like Adience's faces (pipeline.align) and skip the small
+depending on `faces` (see model.inference.classify), either take the whole file as an aligned crop or find
+its faces (model.inference.faces.detect), align each like Adience's faces (model.inference.faces.align) and skip the small
 ones. Errors become rows, never exceptions: one unreadable file does not stop the others.
 Lives in `model/` because it drives the detector network; the pixel work it calls is `pipeline/`'s.
 """
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.classify_inputs import Entry
-from model.detect import Face, FaceDetector
+from model.inference.inputs import Entry
+from model.inference.faces.detect import Face, FaceDetector
 from pipeline.errors import DataError
 
 FACE_MODES = ("auto", "aligned", "detect")
@@ -96,7 +96,7 @@ def _as_crop(path: str, crop: np.ndarray, photo, settings: PrepareSettings, face
 
 
 def _detected(path: str, data: bytes, photo, settings: PrepareSettings) -> Prepared:
-    from pipeline.align import align_face, looks_aligned
+    from model.inference.faces.align import align_face, looks_aligned
     from pipeline.decode import decode_image
 
     faces = settings.detector.detect(np.asarray(photo))

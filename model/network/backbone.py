@@ -14,11 +14,11 @@ from typing import Callable
 import keras
 import numpy as np
 
-from model.distribute import precision
+from model.runtime import precision
 from model.errors import ModelError
-from model.t7 import load_t7_keras_weights, read_vggface_t7
-# Importing model.vggface also registers MeanSubtract, which safe-mode loading needs.
-from model.vggface import (CONV_NAMES, LAYER_NAMES, VGG_IMAGE_SIZE, VGGWidths, WEIGHTED_NAMES,
+from model.network.t7 import load_t7_keras_weights, read_vggface_t7
+# Importing model.network.vggface also registers MeanSubtract, which safe-mode loading needs.
+from model.network.vggface import (CONV_NAMES, LAYER_NAMES, VGG_IMAGE_SIZE, VGGWidths, WEIGHTED_NAMES,
                            build_vggface)
 
 _NOT_VGGFACE = "is not a VGG-Face model; convert VGG_FACE.t7 with `python cli.py convert`"

@@ -12,7 +12,7 @@ Shape of the job (only paths cross the runner; pixels are decoded and written by
               manifest (the commit point) into OUT.
 
 Before any work: stale temp folders of killed runs are removed, existing outputs are found by a
-literal listing (pipeline/beam_files.py: `-o 'a/rec*'` is a name, not a pattern), and a local OUT
+literal listing (pipeline/preprocess/beam_files.py: `-o 'a/rec*'` is a name, not a pattern), and a local OUT
 must have room for the records. A disk that fills up anyway is one DataError, the previous output
 untouched.
 
@@ -56,11 +56,11 @@ from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo, FnApiRunner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-from pipeline import beam_files
-from pipeline.beam_files import (OUTPUT_ERRNOS, TempFolder, check_free_space, output_error, pipeline_failure,
+from pipeline.preprocess import beam_files
+from pipeline.preprocess.beam_files import (OUTPUT_ERRNOS, TempFolder, check_free_space, output_error, pipeline_failure,
                                  read_file, remove_stale_temp_folders)
 from pipeline.decode import DecodeError, decode_image, read_error_reason
-from pipeline.discover import Discovery, discover
+from pipeline.preprocess.discover import Discovery, discover
 from pipeline.errors import DataError
 from pipeline.folds import FOLD_SPLITS
 from pipeline.manifest import Manifest, SplitInfo
@@ -247,13 +247,13 @@ def _beam_options(beam_args: list[str] | None) -> tuple[PipelineOptions, str, bo
 
 
 class _QuietWorkersRunner(FnApiRunner):
-    """The FnApiRunner with its multi_processing workers started through `pipeline.beam_worker`
+    """The FnApiRunner with its multi_processing workers started through `pipeline.preprocess.worker`
     (Beam's own worker, with Python logging set up before Beam is imported: see there) instead of
     `python -m apache_beam.runners.worker.sdk_worker_main`. The worker command is the payload of
     the pipeline's subprocess environment, which is how Beam tells a runner how to start workers."""
 
     def run_via_runner_api(self, pipeline_proto, options):
-        worker = [sys.executable, "-m", "pipeline.beam_worker", "--launcher-pid", str(os.getpid())]
+        worker = [sys.executable, "-m", "pipeline.preprocess.worker", "--launcher-pid", str(os.getpid())]
         # Beam runs the command with the shell; `exec` keeps the launcher thread's signal mask
         # (SIGINT blocked, see _run_pipeline) for the worker, where dash would reset it.
         command = (f"exec {shlex.join(worker)}" if os.name == "posix" else subprocess.list2cmdline(worker)).encode()
@@ -436,7 +436,7 @@ def _run_pipeline(plan, root, tmp, image_size, options, local, total, start, pro
         if hasattr(signal, "pthread_sigmask"):
             # The worker processes this thread starts inherit its signal mask: SIGINT blocked, so a
             # Ctrl-C during a worker's start-up waits until the worker lets it end it, silently
-            # (pipeline.beam_worker). Signals still reach the launcher's main thread.
+            # (pipeline.preprocess.worker). Signals still reach the launcher's main thread.
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             with _workers_can_import_us():

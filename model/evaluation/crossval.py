@@ -2,7 +2,7 @@
 
 For each K in 0..4 a model is trained on the four other folds and validated on fold K
 (`train_folds`), then fold K's model is evaluated on fold K (`evaluate_folds`): one full report
-per fold (model/report.py, age-sliced view included) and an aggregate `cv_report.json` with the
+per fold (model/evaluation/report.py, age-sliced view included) and an aggregate `cv_report.json` with the
 mean ± standard deviation across the folds, which is how the literature reports Adience results.
 
 Files, for `-o model.keras`: model_fold0.keras … model_fold4.keras, each with its own checkpoint
@@ -89,7 +89,7 @@ def _slice_summary(entries: list[dict]) -> dict:
 
 
 def aggregate_folds(fold_metrics: Sequence[dict]) -> dict:
-    """The cross-validation figures from each fold's split metrics (model.evaluate.split_metrics,
+    """The cross-validation figures from each fold's split metrics (model.evaluation.evaluate.split_metrics,
     i.e. report.json[<fold split>]), in fold order."""
     if not fold_metrics:
         raise DataError("no fold to aggregate")
@@ -137,7 +137,7 @@ def train_folds(config, progress: Callable | None = None, folds: Sequence[int] |
 
     Emits FoldStart / FoldSkipped events around train's own events (which carry no fold number:
     they belong to the last FoldStart)."""
-    from model.distribute import select_strategy, task_info
+    from model.runtime import select_strategy, task_info
     from model.training import checkpoint_state, train, training_splits
     from model.training.events import FoldSkipped, FoldStart
     from pipeline.reader import clear_memory_cache
@@ -190,7 +190,7 @@ def train_folds(config, progress: Callable | None = None, folds: Sequence[int] |
     }
     summary["summary"] = headline(summary["val_accuracy"], len(rows)).replace("accuracy", "validation accuracy", 1)
     if info.is_chief:
-        from model.report import write_json_atomically
+        from model.evaluation.report import write_json_atomically
 
         path = folds_summary_path(config.output)
         write_json_atomically(path, summary)
@@ -204,8 +204,8 @@ def evaluate_folds(model_path: str, records_dir: str, report_dir: str, batch_siz
     """`evaluate --folds`: fold K's model (fold_model_path(model_path, K)) on fold K, for each K;
     a full report per fold in REPORT_DIR/fold<K>/ and the aggregate REPORT_DIR/cv_report.json
     with its plots. Returns the cv_report body."""
-    from model.evaluate import evaluate
-    from model.report import REPORT_NAME, write_json_atomically, write_report
+    from model.evaluation.evaluate import evaluate
+    from model.evaluation.report import REPORT_NAME, write_json_atomically, write_report
     from pipeline.manifest import load_manifest
     from pipeline.reader import clear_memory_cache
 

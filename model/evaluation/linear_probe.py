@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from model.defaults import DEFAULT_CUT_LAYER
-from model.vggface import VGG_IMAGE_SIZE
+from model.network.vggface import VGG_IMAGE_SIZE
 
 FEATURE_BATCH = 50
 
@@ -23,7 +23,7 @@ class ProbeResult:
 
 def cut_model(weights: str, image_size: int = VGG_IMAGE_SIZE, layer: str = DEFAULT_CUT_LAYER) -> keras.Model:
     """The VGG-Face of `weights` (a VGG_FACE.t7 or converted .keras) up to `layer`."""
-    from model.backbone import load_backbone
+    from model.network.backbone import load_backbone
 
     backbone = load_backbone(weights, image_size=image_size)
     return keras.Model(backbone.input, backbone.get_layer(layer).output)

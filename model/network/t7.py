@@ -20,7 +20,7 @@ import numpy as np
 import torchfile
 
 from model.errors import ModelError
-from model.vggface import (BLOCK_SIZES, CONV_NAMES, DENSE_NAMES, FULL_WIDTHS, VGG_IMAGE_SIZE, VGGWidths)
+from model.network.vggface import (BLOCK_SIZES, CONV_NAMES, DENSE_NAMES, FULL_WIDTHS, VGG_IMAGE_SIZE, VGGWidths)
 
 CONV_CLASSES = ("nn.SpatialConvolutionMM", "nn.SpatialConvolution")
 

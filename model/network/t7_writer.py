@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from model.vggface import BLOCK_SIZES, CONV_NAMES, SLIM_WIDTHS, VGGWidths
+from model.network.vggface import BLOCK_SIZES, CONV_NAMES, SLIM_WIDTHS, VGGWidths
 
 TYPE_NIL, TYPE_NUMBER, TYPE_STRING, TYPE_TABLE, TYPE_TORCH, TYPE_BOOLEAN = 0, 1, 2, 3, 4, 5
 
@@ -244,8 +244,8 @@ _CALIBRATION_FACES, _CALIBRATION_SIZE = 8, 96
 
 def _calibration_batch() -> np.ndarray:
     """Generated faces of both labels and cues, as the network sees them: BGR minus the mean, NHWC."""
-    from model.vggface import VGG_MEAN_BGR
-    from pipeline.synthetic_faces import CUES, render_face
+    from model.network.vggface import VGG_MEAN_BGR
+    from pipeline.synthetic.faces import CUES, render_face
 
     rng = np.random.default_rng(12345)
     faces = [render_face(rng, i % 2, _CALIBRATION_SIZE, CUES[(i // 2) % len(CUES)])

@@ -28,9 +28,9 @@ import shutil
 import keras
 import tensorflow as tf
 
-from model.classifier import OUTPUT_LAYER, is_classifier
+from model.network.head import OUTPUT_LAYER, is_classifier
 from model.errors import ModelError
-from model.evaluate import DECISION_THRESHOLD
+from model.evaluation.evaluate import DECISION_THRESHOLD
 from pipeline.decode import MAX_PIXELS
 from pipeline.schema import LABEL_NAMES
 

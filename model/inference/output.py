@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict
 from typing import Iterable, TextIO
 
-from model.classify import ClassifyRow, Tally
+from model.inference.classify import ClassifyRow, Tally
 
 OUTPUT_FORMATS = ("table", "csv", "json", "jsonl")
 # CSV columns: the box is spread over x, y, w, h (JSON keeps it as one [x, y, w, h] list).

@@ -4,7 +4,7 @@
 Real image files on disk in the `agegender_cleaned` layout (ROOT/aligned/<age>_<F|M>/*.jpg for
 training, ROOT/valid/... for validation), with a visual difference between the classes that even a
 frozen random-weight backbone picks up: by colour (the default) or by shape only — see
-pipeline/synthetic_faces.py. Mostly JPEG, plus every other format the decoder must handle, and
+pipeline/synthetic/faces.py. Mostly JPEG, plus every other format the decoder must handle, and
 (optionally) bad files of every kind the job must reject.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from PIL import Image
 
 from pipeline.folds import FOLD_COLUMNS, FOLD_FILE, N_FOLDS, fold_split
 from pipeline.schema import GENDER_CODES, LABEL_NAMES, SPLIT_DIRS
-from pipeline.synthetic_faces import CUES, render_face
+from pipeline.synthetic.faces import CUES, render_face
 
 # Folder ages: one inside each Adience group, plus 35 between groups (25-32 and 38-43).
 AGES = (2, 5, 10, 17, 28, 35, 40, 50, 65)
@@ -153,7 +153,7 @@ def make_adience_tree(root: str, n_train: int = 120, n_valid: int = 40, image_si
     validation split one of every VALID_SPECIAL_KINDS (each when the split has at least twice as
     many images as special kinds); without it every image is a
     image_size×image_size JPEG (the benchmark's input). `cue`: what separates the classes, "colour"
-    or "shape" (pipeline/synthetic_faces.py). With `bad_files`, the tree also holds one
+    or "shape" (pipeline/synthetic/faces.py). With `bad_files`, the tree also holds one
     file of every BAD_KINDS kind (plus a truncated one in valid/), the bad-folder one being a good
     image inside aligned/unknown/.
     """

@@ -1,4 +1,5 @@
-"""Where training runs and in which number format: tf.distribute strategy and Keras dtype policy.
+"""Where the network runs and how: tf.distribute strategy, Keras dtype policy, the devices seen,
+XLA and augmentation placement, and how many steps or batches one tf.function call runs.
 
 Both are chosen from the machine by default ("auto") and can be forced from the command line.
 The strategy must be created before TensorFlow runs anything else (MultiWorkerMirroredStrategy
@@ -16,7 +17,7 @@ from typing import Iterator
 import keras
 import tensorflow as tf
 
-from model.defaults import PRECISIONS, STRATEGIES
+from model.defaults import AUTO_CALL_SECONDS, PRECISIONS, STRATEGIES
 from model.errors import ModelError
 
 
@@ -174,3 +175,33 @@ def resolve_augment_on(choice: str, has_gpu: bool) -> str:
     if choice == "auto":
         return "device" if has_gpu else "host"
     return choice
+
+
+# ---------------------------------------------------------------- call sizing
+# How many steps (or batches) one tf.function call runs: the host syncs once per call, so calls
+# must be long enough that its work per call vanishes, and short enough that progress keeps moving.
+# Automatic sizes (AUTO_CALL_SECONDS of steps) never exceed this.
+MAX_STEPS_PER_CALL = 1000
+
+
+class CallSizer:
+    """The size of the next call: fixed, or (auto) from the measured time per step. A caller does
+    not `observe` a call that paid for tracing or for filling an input pipeline."""
+
+    def __init__(self, fixed: int | None = None, seconds: float = AUTO_CALL_SECONDS):
+        self.fixed, self.seconds, self.seconds_per_step = fixed, seconds, None
+
+    def size(self, limit: int | None = None) -> int:
+        if self.fixed is not None:
+            n = self.fixed
+        elif self.seconds_per_step is None:
+            n = 1
+        else:
+            n = int(min(MAX_STEPS_PER_CALL, max(1, self.seconds / self.seconds_per_step)))
+        return max(1, min(n, limit)) if limit is not None else n
+
+    def observe(self, seconds: float, steps: int) -> None:
+        if steps:
+            measured = seconds / steps
+            self.seconds_per_step = measured if self.seconds_per_step is None else \
+                0.5 * self.seconds_per_step + 0.5 * measured

@@ -198,7 +198,7 @@ _ONE_MACHINE = ("evaluate runs on one machine (one or several GPUs: --strategy a
 def _check_single_machine(strategy) -> None:
     import tensorflow as tf
 
-    from model.distribute import cluster_task_count
+    from model.runtime import cluster_task_count
 
     resolver = getattr(strategy, "cluster_resolver", None)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver is not None:
@@ -210,12 +210,12 @@ def _check_single_machine(strategy) -> None:
 
 def scored_in_calls(model, dataset):
     """(scores, labels, ages, paths) of a with_meta dataset, several batches per tf.function call
-    (as many as take about AUTO_CALL_SECONDS, model/calls.py): the host syncs once per call."""
+    (as many as take about AUTO_CALL_SECONDS, model/runtime.py): the host syncs once per call."""
     import time
 
     import tensorflow as tf
 
-    from model.calls import CallSizer
+    from model.runtime import CallSizer
 
     def array(dtype):
         return tf.TensorArray(dtype, size=0, dynamic_size=True, infer_shape=False,
@@ -364,8 +364,8 @@ def check_finite_scores(predictions: SplitPredictions, model_path: str) -> None:
 def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size: int = 64,
              memory: str = "low", strategy: str = "auto", progress: Progress | None = None) -> Evaluation:
     """Load a classifier, score the split(s) of a records directory, compute the metrics."""
-    from model.classifier import load_classifier
-    from model.distribute import cluster_from_env, cluster_task_count, select_strategy
+    from model.network.head import load_classifier
+    from model.runtime import cluster_from_env, cluster_task_count, select_strategy
     from pipeline.schema import MEMORY_MODES
 
     if memory not in MEMORY_MODES:

@@ -11,8 +11,8 @@ import os
 
 from PIL import Image, ImageDraw, ImageFont
 
-from model.classify_inputs import IMAGE_EXTENSIONS, is_remote
-from model.classify_prepare import CROP_INPUT
+from model.inference.inputs import IMAGE_EXTENSIONS, is_remote
+from model.inference.prepare import CROP_INPUT
 from pipeline.errors import DataError
 
 COLOURS = {"female": (240, 110, 30), "male": (30, 150, 230)}

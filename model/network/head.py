@@ -162,7 +162,7 @@ def is_classifier(model: keras.Model) -> bool:
 
 def load_classifier(path: str) -> keras.Model:
     """Load a trained classifier (.keras, safe mode); ModelError when missing, corrupt or not a classifier."""
-    from model import vggface  # noqa: F401  (registers the legacy MeanSubtract of older model files)
+    from model.network import vggface  # noqa: F401  (registers the legacy MeanSubtract of older model files)
 
     if not os.path.exists(path):
         raise ModelError(f"model file {path} does not exist; train one with `python cli.py train`")

@@ -1,0 +1,1 @@
+"""Faces in ordinary photos: detection with landmarks, alignment like Adience's, annotated pictures."""
