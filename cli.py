@@ -21,6 +21,8 @@ import sys
 import threading
 from typing import Iterator
 
+from pipeline.schema import DEFAULT_IMAGE_SIZE
+
 EXIT_BAD_INPUT = 2
 
 
@@ -74,7 +76,7 @@ def cmd_convert(args) -> int:
           f"({summary.bytes_written / 1e6:,.1f} MB) in {summary.seconds:.1f} s")
     print(f"  conv widths {','.join(map(str, w.conv))}; fc6 {w.fc6}, fc7 {w.fc7}, "
           f"fc8 {w.fc8} classes; {summary.params:,} parameters")
-    print("  input: uint8 224x224x3 BGR (the model subtracts the VGG-Face mean itself)")
+    print(f"  input: uint8 {DEFAULT_IMAGE_SIZE}x{DEFAULT_IMAGE_SIZE}x3 BGR (the model subtracts the VGG-Face mean itself)")
     return 0
 
 
@@ -92,7 +94,8 @@ def add_preprocess_parser(sub) -> None:
                         "valid/<age>_<F|M>/, or the official distribution's fold_0_data.txt … fold_4_data.txt "
                         "with aligned/<user_id>/")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="records folder to write")
-    p.add_argument("--image-size", type=int, default=224, help="side of the square output images (default 224)")
+    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
+                   help=f"side of the square output images (default {DEFAULT_IMAGE_SIZE})")
     p.add_argument("--train-shards", type=int, default=None,
                    help="number of training shards (default: about 128 MB of pixels each, at least 2)")
     p.add_argument("--valid-shards", type=int, default=None, help="number of validation shards (default: likewise)")

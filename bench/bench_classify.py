@@ -37,7 +37,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from model.inference.classify import classify_files, expand_inputs, make_forward, model_image_size  # noqa: E402
+from model.contract import image_size_of  # noqa: E402
+from model.inference.classify import classify_files, expand_inputs, make_forward  # noqa: E402
 from pipeline.decode import load_image  # noqa: E402
 from pipeline.synthetic.tree import make_adience_tree  # noqa: E402
 
@@ -69,7 +70,7 @@ def inputs(images: int, size: int, seed: int = 0) -> list[str]:
 
 def one_by_one(model, paths: list[str], compiled: bool) -> tuple[float, np.ndarray]:
     """images/s and scores classifying each file alone: decode one, call the model on it."""
-    size = model_image_size(model)
+    size = image_size_of(model)
     forward = make_forward(model) if compiled else None
     scores = []
     started = time.perf_counter()
@@ -97,7 +98,7 @@ def measure(name: str, widths, paths: list[str], n_batched: int, n_single: int, 
     from model.network.vggface import build_vggface
 
     model = build_classifier(build_vggface(widths, 224))
-    warm = load_image(paths[0], model_image_size(model))[None]
+    warm = load_image(paths[0], image_size_of(model))[None]
     model(warm, training=False)                       # build and warm up both call paths
     make_forward(model)(np.repeat(warm, 2, axis=0))
 

@@ -33,10 +33,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from model.inference.classify import ClassifyStream, make_forward, model_image_size  # noqa: E402
-from model.inference.inputs import Entry  # noqa: E402
-from model.inference.faces.detect import DEFAULT_MIN_FACE, FaceDetector  # noqa: E402
+from model.contract import image_size_of  # noqa: E402
+from model.inference.classify import ClassifyStream, make_forward  # noqa: E402
 from model.inference.faces.align import align_face  # noqa: E402
+from model.inference.faces.detect import DEFAULT_MIN_FACE, FaceDetector  # noqa: E402
+from model.inference.inputs import Entry  # noqa: E402
 from pipeline.decode import load_photo  # noqa: E402
 
 SIZES = ((640, 480), (800, 600), (1024, 768))
@@ -79,7 +80,7 @@ def photos(count: int, seed: int = 0) -> list[str]:
 
 def one_photo_at_a_time(model, forward, detector: FaceDetector, paths: list[str]) -> tuple[float, list[float]]:
     """faces/s and scores: decode, detect, align, one model call per photo."""
-    size = model_image_size(model)
+    size = image_size_of(model)
     scores: list[float] = []
     faces = 0
     started = time.perf_counter()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 # Bump when the record layout or the manifest changes: readers refuse other versions.
 SCHEMA_VERSION = 1
+# The size VGG-Face's fully connected layers were trained for (pool5 is then 7×7): every command's default.
 DEFAULT_IMAGE_SIZE = 224
 CHANNELS = 3
 CHANNEL_ORDER = "BGR"

@@ -18,12 +18,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from model.contract import DECISION_RULE
 from model.errors import ModelError
 from model.progress import FoldEvaluating, Progress
 from pipeline.errors import DataError
 from pipeline.folds import FOLD_SPLITS, N_FOLDS, fold_split
 from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN_GROUP, LABEL_NAMES, LAYOUT_FOLDS
-
 
 CV_REPORT_NAME = "cv_report.json"
 CV_PLOTS = {"accuracy": "cv_accuracy.png", "age_accuracy": "cv_age_accuracy.png"}
@@ -185,7 +185,7 @@ def train_folds(config, progress: Callable | None = None, folds: Sequence[int] |
         "val_accuracy": mean_std([r.get("val_accuracy") for r in rows]),
         "val_loss": mean_std([r.get("val_loss") for r in rows]),
         "std_definition": STD_DEFINITION,
-        "note": "validation figures of training (score >= 0.5 is male); `evaluate --folds` gives the full "
+        "note": "validation figures of training (" + DECISION_RULE + "); `evaluate --folds` gives the full "
                 "reports with the age-sliced view",
     }
     summary["summary"] = headline(summary["val_accuracy"], len(rows)).replace("accuracy", "validation accuracy", 1)

@@ -11,19 +11,16 @@ from __future__ import annotations
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
+from model.contract import DECISION_THRESHOLD, POSITIVE_CLASS, image_size_of, predicted_labels
 from model.errors import ModelError
 from model.progress import Advanced, Ended, Progress, Started
 from pipeline.errors import DataError
 from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of
 
-# A score above this is "male" (label 1). Strictly greater, as keras.metrics.binary_accuracy decides,
-# so `evaluate`'s accuracy equals what Keras would report for the same scores.
-DECISION_THRESHOLD = 0.5
-POSITIVE_CLASS = LABEL_NAMES[1]
 # The age-group rule, stated in the report in the words of the one function that applies it
 # (its constant's name replaced by what it means to a reader of the report).
 AGE_GROUP_RULE = " ".join(inspect.getdoc(age_group_of).split()).replace(
@@ -70,16 +67,6 @@ class Evaluation:
     metrics: dict[str, dict] = field(default_factory=dict)
 
 
-def predicted_labels(scores: np.ndarray) -> np.ndarray:
-    """0/1 decisions at DECISION_THRESHOLD (1 = male)."""
-    return (np.asarray(scores) > DECISION_THRESHOLD).astype(np.int64)
-
-
-def label_name(score: float) -> str:
-    """"female" or "male" for one sigmoid score."""
-    return LABEL_NAMES[int(score > DECISION_THRESHOLD)]
-
-
 # ------------------------------------------------------------------ metrics
 def binary_cross_entropy(labels: np.ndarray, scores: np.ndarray, eps: float | None = None) -> float:
     """Mean binary cross-entropy, in float64, with Keras' clipping of p to [eps, 1 - eps]
@@ -112,7 +99,11 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> d
     Degenerate inputs stay valid JSON: a split with one class only has `auc` null and an
     `auc_note`; an age group or gender without examples has n = 0 and accuracy null.
     """
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+    from sklearn.metrics import (
+        confusion_matrix,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
 
     labels = np.asarray(labels).astype(np.int64)
     scores = np.asarray(scores, np.float32)
@@ -260,7 +251,7 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
 
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
-    image_size = int(model.input_shape[1])
+    image_size = image_size_of(model)
     expected = describe_dataset(records_dir, split, image_size=image_size)["count"]
     if progress:
         progress(Started(split, expected))

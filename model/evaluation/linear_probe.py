@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from model.defaults import DEFAULT_CUT_LAYER
-from model.network.vggface import VGG_IMAGE_SIZE
+from pipeline.schema import DEFAULT_IMAGE_SIZE
 
 FEATURE_BATCH = 50
 
@@ -21,7 +21,7 @@ class ProbeResult:
     train_feature_rms: float  # sqrt of the mean square of the training images' features
 
 
-def cut_model(weights: str, image_size: int = VGG_IMAGE_SIZE, layer: str = DEFAULT_CUT_LAYER) -> keras.Model:
+def cut_model(weights: str, image_size: int = DEFAULT_IMAGE_SIZE, layer: str = DEFAULT_CUT_LAYER) -> keras.Model:
     """The VGG-Face of `weights` (a VGG_FACE.t7 or converted .keras) up to `layer`."""
     from model.network.backbone import load_backbone
 

@@ -25,8 +25,8 @@ LIMITATIONS = (
     "A face classifier can work much worse for some groups (age, skin tone, ethnicity) than for others. "
     "Adience records age and gender only: gaps along skin tone or ethnicity cannot be measured here, and "
     "this model has not been audited for them.",
-    "The numbers hold for faces like the evaluation data (Adience: aligned Flickr face crops, 224x224, "
-    "uint8 BGR); other cameras, crops, lighting or populations can do worse.",
+    "The numbers hold for faces like the evaluation data (Adience: aligned Flickr face crops, uint8 BGR, "
+    "at the size under Data); other cameras, crops, lighting or populations can do worse.",
     "Groups with few faces give wide intervals: read the 95 % interval, not only the accuracy.",
     "Accuracy on the agegender_cleaned split is not comparable with published Adience results, which "
     "use the five subject-exclusive folds (`evaluate --folds`).",

@@ -12,8 +12,8 @@ from typing import Iterable
 
 import numpy as np
 
-from model.evaluation.evaluate import (AGE_GROUP_RULE, DECISION_THRESHOLD, POSITIVE_CLASS, Evaluation,
-                            SplitPredictions, label_name)
+from model.contract import DECISION_RULE, DECISION_THRESHOLD, POSITIVE_CLASS, label_name
+from model.evaluation.evaluate import AGE_GROUP_RULE, Evaluation, SplitPredictions
 from model.evaluation.model_card import write_model_card
 from pipeline.schema import AGE_GROUP_NAMES, LABEL_NAMES
 
@@ -38,7 +38,7 @@ def build_report(evaluation: Evaluation) -> dict:
         "records": evaluation.records_dir,
         "threshold": DECISION_THRESHOLD,
         "positive_class": POSITIVE_CLASS,
-        "decision_rule": f"predicted male when score > {DECISION_THRESHOLD}, female otherwise",
+        "decision_rule": DECISION_RULE,
         "age_groups": list(AGE_GROUP_NAMES),
         "age_group_rule": AGE_GROUP_RULE,
         "splits": list(evaluation.metrics),

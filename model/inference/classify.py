@@ -30,11 +30,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from model.contract import image_size_of, label_name
+from model.inference.faces.detect import DEFAULT_MIN_FACE, FaceDetector
 from model.inference.inputs import Entry, Inputs
+
 # ClassifyRow is part of this module's API: the rows it yields.
 from model.inference.prepare import FACE_MODES, ClassifyRow, Prepared, PrepareSettings, prepare
-from model.inference.faces.detect import DEFAULT_MIN_FACE, FaceDetector
-from model.evaluation.evaluate import label_name
 from model.progress import Advanced, Ended, Progress, Started, TotalKnown
 from pipeline.errors import DataError
 
@@ -85,16 +86,11 @@ def _in_order(pool: ThreadPoolExecutor, entries: Iterable[Entry], work: Callable
         yield future.result()
 
 
-def model_image_size(model) -> int:
-    """The square input size S of a [B, S, S, 3] image model."""
-    return int(model.input_shape[1])
-
-
 def make_forward(model) -> Callable[[np.ndarray], np.ndarray]:
     """A compiled forward pass over uint8 [B, S, S, 3] batches of any B (one trace for all sizes)."""
     import tensorflow as tf
 
-    size = model_image_size(model)
+    size = image_size_of(model)
     spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
     forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     return lambda batch: forward(tf.constant(batch)).numpy().reshape(-1)
@@ -122,7 +118,7 @@ class ClassifyStream:
         self.progress = progress or (lambda event: None)
         self.annotate_dir = annotate_dir
         self.detector = FaceDetector(min_face)
-        self.settings = PrepareSettings(faces, model_image_size(model), min_face, self.detector,
+        self.settings = PrepareSettings(faces, image_size_of(model), min_face, self.detector,
                                         annotate=annotate_dir is not None)
         self.tally = Tally()
 
@@ -233,4 +229,4 @@ def classify(model_path: str, inputs: Sequence[str], batch_size: int = 64, worke
                             workers=workers, progress=progress, annotate_dir=annotate_dir)
     rows = list(stream)
     return ClassifyResult(rows, stream.tally, stream_inputs.skipped, stream_inputs.single_image,
-                          model_image_size(model))
+                          image_size_of(model))

@@ -28,9 +28,9 @@ import shutil
 import keras
 import tensorflow as tf
 
-from model.network.head import OUTPUT_LAYER, is_classifier
+from model.contract import image_size_of, predicted_male
 from model.errors import ModelError
-from model.evaluation.evaluate import DECISION_THRESHOLD
+from model.network.head import OUTPUT_LAYER, is_classifier
 from pipeline.decode import MAX_PIXELS
 from pipeline.schema import LABEL_NAMES
 
@@ -248,7 +248,7 @@ def _call(model: keras.Model, pixels: tf.Tensor) -> tf.Tensor:
 
 def _named(probability: tf.Tensor) -> dict[str, tf.Tensor]:
     probability = tf.reshape(probability, [-1])
-    male = tf.cast(probability > DECISION_THRESHOLD, tf.int32)
+    male = tf.cast(predicted_male(probability), tf.int32)
     return {PROBABILITY_OUTPUT: probability, LABEL_OUTPUT: tf.gather(tf.constant(LABEL_NAMES), male)}
 
 
@@ -258,7 +258,7 @@ def export_savedmodel(model: keras.Model, directory: str) -> None:
     if not is_classifier(model):
         raise ModelError(f"cannot export {model.name!r} for serving: not a gender classifier "
                          f"(a single one-unit '{OUTPUT_LAYER}' probability output is needed)")
-    size = int(model.input_shape[1])
+    size = image_size_of(model)
     pixels = tf.TensorSpec([None, size, size, 3], tf.uint8, name="image")
     encoded = tf.TensorSpec([None], tf.string, name="images")
     endpoints = {

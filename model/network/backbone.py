@@ -14,12 +14,13 @@ from typing import Callable
 import keras
 import numpy as np
 
-from model.runtime import precision
 from model.errors import ModelError
 from model.network.t7 import load_t7_keras_weights, read_vggface_t7
+
 # Importing model.network.vggface also registers MeanSubtract, which safe-mode loading needs.
-from model.network.vggface import (CONV_NAMES, LAYER_NAMES, VGG_IMAGE_SIZE, VGGWidths, WEIGHTED_NAMES,
-                           build_vggface)
+from model.network.vggface import CONV_NAMES, LAYER_NAMES, WEIGHTED_NAMES, VGGWidths, build_vggface
+from model.runtime import precision
+from pipeline.schema import DEFAULT_IMAGE_SIZE
 
 _NOT_VGGFACE = "is not a VGG-Face model; convert VGG_FACE.t7 with `python cli.py convert`"
 
@@ -83,7 +84,7 @@ def read_vggface_widths(path: str) -> VGGWidths:
     return read_vggface_t7(path).widths  # checked, but no conversion needed
 
 
-def load_backbone(path: str, image_size: int = VGG_IMAGE_SIZE) -> keras.Model:
+def load_backbone(path: str, image_size: int = DEFAULT_IMAGE_SIZE) -> keras.Model:
     """VGG-Face with the weights of a VGG_FACE.t7 or converted .keras, under the current policy.
 
     At image_size 224 every layer carries the file's weights. At another size pool5 is not 7×7,

@@ -23,12 +23,16 @@ import numpy as np
 
 from model.defaults import (DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT, DEFAULT_FREEZE_THROUGH,
                             DEFAULT_HEAD, HEAD_ORIGINAL, HEAD_STANDARDIZED, HEADS)
+from model.contract import DEFAULT_IMAGE_SIZE, image_size_of
 from model.errors import ModelError
+from model.network.vggface import POOL_NAMES
 
 MODEL_NAME = "gender_classifier"
 OUTPUT_LAYER = "male_prob"
 STANDARDIZE_LAYER = "head_standardize"
 # The head's layer names (fixed, so checkpoints and saved models match by name).
+# The last layer whose output does not depend on the trained input size (fc6 was trained on its 7x7 map).
+LAST_POOL = POOL_NAMES[-1]
 HEAD_LAYERS = ("head_flatten", STANDARDIZE_LAYER, "head_dropout", "head_dense", OUTPUT_LAYER)
 # Spellings of "freeze nothing" for freeze_through.
 NO_FREEZE = (None, "", "none")
@@ -61,6 +65,12 @@ def build_classifier(backbone: keras.Model, cut_layer: str = DEFAULT_CUT_LAYER,
     """
     valid = backbone_layer_names(backbone)
     cut_index = _check_layer("--cut-layer", cut_layer, valid)
+    size = image_size_of(backbone)
+    if size != DEFAULT_IMAGE_SIZE and cut_index > valid.index(LAST_POOL):
+        # fc6's weights were trained on pool5's 7x7 map: at another size it cannot carry them.
+        raise ModelError(f"--cut-layer {cut_layer} is above {LAST_POOL}, whose VGG-Face weights need "
+                         f"{DEFAULT_IMAGE_SIZE}x{DEFAULT_IMAGE_SIZE} images, but these are {size}x{size}: "
+                         f"cut at {LAST_POOL} or below, or preprocess at --image-size {DEFAULT_IMAGE_SIZE}")
     if freeze_through in NO_FREEZE:
         freeze_index = -1
     else:

@@ -20,7 +20,8 @@ import numpy as np
 import torchfile
 
 from model.errors import ModelError
-from model.network.vggface import (BLOCK_SIZES, CONV_NAMES, DENSE_NAMES, FULL_WIDTHS, VGG_IMAGE_SIZE, VGGWidths)
+from model.network.vggface import BLOCK_SIZES, CONV_NAMES, DENSE_NAMES, FULL_WIDTHS, VGGWidths
+from pipeline.schema import DEFAULT_IMAGE_SIZE
 
 CONV_CLASSES = ("nn.SpatialConvolutionMM", "nn.SpatialConvolution")
 
@@ -49,7 +50,7 @@ _FLOAT_TYPES = (np.float32, np.float64)
 # 4096 units. Every size a file declares is also bounded by the file's own size (a storage holds
 # its values; a tensor has no more elements than its storage), so a small crafted file cannot make
 # the reader or the conversion allocate more than the file could describe.
-MAX_TENSOR_ELEMENTS = FULL_WIDTHS.conv[-1] * (VGG_IMAGE_SIZE // 32) ** 2 * FULL_WIDTHS.fc6
+MAX_TENSOR_ELEMENTS = FULL_WIDTHS.conv[-1] * (DEFAULT_IMAGE_SIZE // 32) ** 2 * FULL_WIDTHS.fc6
 MAX_CONV_WIDTH = max(FULL_WIDTHS.conv)
 MAX_DENSE_WIDTH = max(FULL_WIDTHS.fc6, FULL_WIDTHS.fc7, FULL_WIDTHS.fc8)
 
@@ -287,7 +288,7 @@ def read_vggface_t7(path: str) -> TorchVGGFace:
             w = _float_tensor(path, index, name, "weight", module.weight)
             b = _float_tensor(path, index, name, "bias", module.bias)
             _check_width(path, index, label, w.shape[0] if w.ndim else 0, MAX_DENSE_WIDTH)
-            pool5 = VGG_IMAGE_SIZE // 32
+            pool5 = DEFAULT_IMAGE_SIZE // 32
             fan_in = in_planes * pool5 * pool5 if name == "fc6" else in_planes
             if w.ndim != 2 or w.shape[1] != fan_in or b.shape != (w.shape[0],):
                 raise ModelError(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import keras
 from keras import ops
 
+from pipeline.schema import DEFAULT_IMAGE_SIZE
+
 # The mean image of the weights' training set, per channel in the model's input order (B, G, R).
 # The weights come from the Caffe / MatConvNet release, whose average image is R 129.1863,
 # G 104.7624, B 93.5940; Caffe feeds BGR, so B gets 93.5940. (The Torch demo script that ships
@@ -19,8 +21,6 @@ from keras import ops
 # network's convention.)
 VGG_MEAN_BGR = (93.5940, 104.7624, 129.1863)
 
-# The size the fully connected layers were trained for: pool5 is then a 7×7 map.
-VGG_IMAGE_SIZE = 224
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class MeanSubtract(keras.layers.Layer):
         return input_shape
 
 
-def build_vggface(widths: VGGWidths = FULL_WIDTHS, image_size: int = VGG_IMAGE_SIZE) -> keras.Model:
+def build_vggface(widths: VGGWidths = FULL_WIDTHS, image_size: int = DEFAULT_IMAGE_SIZE) -> keras.Model:
     """The VGG-Face network (random weights) under the active dtype policy; input uint8 BGR."""
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 (five 2×2 poolings), got {image_size}")

@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple
 import keras
 import tensorflow as tf
 
+from model.contract import predicted_male
 from pipeline.augment import NUM_DRAWS, AugmentParams, augment_batch
 
 # A training call returns [loss sum, correct, count, steps run, index of the first step whose loss
@@ -54,7 +55,7 @@ def _placeholder_if_empty(batch: tuple, image_size: int) -> tuple:
 
 
 def _sums(probs, labels, per_example, weights) -> list[tf.Tensor]:
-    predicted = tf.cast(probs[:, 0] >= 0.5, tf.float32)
+    predicted = predicted_male(probs[:, 0])
     correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32) * weights)
     return [tf.reduce_sum(per_example), correct, tf.reduce_sum(weights)]
 
@@ -82,7 +83,7 @@ def make_steps(strategy: tf.distribute.Strategy, model: keras.Model, optimizer, 
         probs = model(images, training=False)
         per_example = keras.losses.binary_crossentropy(labels[:, None], probs) * weights
         # Also how many were predicted male: all or none of them means a collapsed model.
-        male = tf.reduce_sum(tf.cast(probs[:, 0] >= 0.5, tf.float32) * weights)
+        male = tf.reduce_sum(predicted_male(probs[:, 0]) * weights)
         return [*_sums(probs, labels, per_example, weights), male]
 
     if jit:
