@@ -50,6 +50,26 @@ def _float_in(low: float, high: float = float("inf"), low_open: bool = False, hi
     return parse
 
 
+# Library names of settings whose flag's dest differs (TrainConfig and the library's parameters).
+_FIELD_DESTS = {"records": "input", "checkpoint_every_steps": "checkpoint_every", "model_path": "model",
+                "records_dir": "input", "report_dir": "report_dir", "root": "input", "out": "output"}
+
+
+def in_flags(message: str, parser: argparse.ArgumentParser, command: str) -> str:
+    """The library's message with each `setting` it names shown as the flag of `command` that sets it
+    (e.g. `batch_size` -> -b1/--batch-size); names that are no flag of the command stay as written."""
+    import re
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    flags = {a.dest: "/".join(a.option_strings) for a in sub._actions if a.option_strings}
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        return flags.get(_FIELD_DESTS.get(name, name), flags.get(name, match.group(0)))
+
+    return re.sub(r"`([a-z_][a-z0-9_]*)`", flag, message)
+
+
 def _check_outputs(outputs, inputs) -> None:
     """Outputs vs inputs before any work (pipeline/outputs.py): DataError -> one line, exit 2."""
     from pipeline.outputs import check_outputs
@@ -65,12 +85,20 @@ def add_convert_parser(sub) -> None:
     p.set_defaults(func=cmd_convert)
 
 
+def _render_convert_event(event) -> None:
+    from model.progress import Reading
+
+    if isinstance(event, Reading):
+        print(f"reading {event.path} …", flush=True)
+    else:
+        print(f"writing {event.path} ({event.params:,} parameters) …", flush=True)
+
+
 def cmd_convert(args) -> int:
     from model.network.backbone import convert_t7_to_keras
 
     _check_outputs([(args.output, "file", "-o")], [(args.weights, "-w")])
-    print(f"reading {args.weights} …", flush=True)
-    summary = convert_t7_to_keras(args.weights, args.output)
+    summary = convert_t7_to_keras(args.weights, args.output, progress=_render_convert_event)
     w = summary.widths
     print(f"converted {args.weights} -> {summary.output} "
           f"({summary.bytes_written / 1e6:,.1f} MB) in {summary.seconds:.1f} s")
@@ -417,7 +445,7 @@ def cmd_train(args) -> int:
         return _train_folds(config)
     result = train(config, progress=_TrainRenderer())
     if not result.is_chief:
-        print(f"worker done; the chief writes the outputs")
+        print("worker done; the chief writes the outputs")
     # Every worker prints it: equal digests = identical weights everywhere.
     print(f"final weights digest: {result.weights_digest}")
     return 0
@@ -876,8 +904,7 @@ def main(argv: list[str] | None = None) -> int:
     # accepts options it does not know: they go to Beam's PipelineOptions.
     args, extra = parser.parse_known_args(argv)
     _configure_logging(args.verbose)
-    from model.errors import ModelError
-    from pipeline.errors import DataError
+    from pipeline.errors import InputError
 
     try:
         with _Interruption().watching():
@@ -890,8 +917,8 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
             _import_tensorflow_quietly(args.verbose)
             return args.func(args)
-    except (DataError, ModelError) as err:
-        return _fail(str(err))
+    except InputError as err:
+        return _fail(in_flags(str(err), parser, args.command))
     except KeyboardInterrupt:
         print(f"{args.command}: {_INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
         return EXIT_INTERRUPTED

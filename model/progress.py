@@ -1,5 +1,6 @@
-"""The progress events of scoring (evaluate, classify), as typed objects; the CLI draws them as bars.
-Training has its own, richer events (model/training/events.py)."""
+"""The progress events of scoring (evaluate, classify) and of `convert`, as typed objects; the CLI
+draws them. Training has its own, richer events (model/training/events.py), and so has preprocess
+(pipeline/preprocess)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,5 +42,21 @@ class FoldEvaluating:
     model: str
 
 
+@dataclass(frozen=True)
+class Reading:
+    """convert: the weights file is being read and checked."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Writing:
+    """convert: the network is built; the .keras file is being written."""
+
+    path: str
+    params: int
+
+
+ConvertEvent = Union[Reading, Writing]
 ScoringEvent = Union[Started, TotalKnown, Advanced, Ended, FoldEvaluating]
 Progress = Callable[[ScoringEvent], None]

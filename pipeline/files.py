@@ -9,6 +9,12 @@ clear line saying so.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from typing import Iterator
+
 from pipeline.errors import DataError
 
 _S3_HINT = ("TensorFlow 2.21 cannot read s3:// paths by itself (its S3 file system moved to the "
@@ -56,6 +62,45 @@ def read_text(path: str) -> str:
 def write_text(path: str, text: str) -> None:
     with gfile(path).GFile(path, "wb") as f:
         f.write(text.encode("utf-8"))
+
+
+@contextmanager
+def replacing(path: str, suffix: str = "") -> Iterator[str]:
+    """A temporary path beside `path` to write a file or a folder to; when the block ends without an
+    exception, it replaces `path` whole, so a reader (or a crash) never sees half of one; otherwise
+    it is removed and `path` is untouched. suffix: what the temporary name must end with (Keras
+    insists on ".keras"). Local paths only."""
+    path = os.path.normpath(path)
+    folder, base = os.path.split(path)
+    os.makedirs(folder or ".", exist_ok=True)
+    partial = os.path.join(folder, f".{base}.{os.getpid()}.partial{suffix}")
+    previous = os.path.join(folder, f".{base}.{os.getpid()}.previous")
+    try:
+        yield partial
+        if os.path.isdir(partial) and os.path.isdir(path):
+            # os.replace cannot replace a folder that is not empty: move the old one aside first.
+            os.replace(path, previous)
+            os.replace(partial, path)
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            os.replace(partial, path)
+    finally:
+        for leftover in (partial, previous):
+            if os.path.isdir(leftover) and not os.path.islink(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif os.path.lexists(leftover):
+                os.remove(leftover)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write a local text file whole or not at all (see `replacing`)."""
+    with replacing(path) as partial, open(partial, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_json_atomically(path: str, body: dict) -> None:
+    """`body` as indented JSON, written whole or not at all."""
+    write_text_atomically(path, json.dumps(body, indent=2) + "\n")
 
 
 def open_read(path: str):

@@ -91,3 +91,19 @@ def test_a_cut_above_pool5_at_another_image_size_is_refused_in_one_line(slim_t7)
     with pytest.raises(ModelError, match=r"above pool5.*224x224.*160x160") as caught:
         build_classifier(backbone, cut_layer="relu6", freeze_through="relu6")
     assert "\n" not in str(caught.value)
+
+
+def test_library_errors_name_settings_and_the_cli_shows_their_flags(slim_t7, records_dir, tmp_path):
+    import cli
+    from model.errors import ModelError
+    from model.training import TrainConfig
+    from model.training.config import check_config
+
+    config = TrainConfig(weights=slim_t7, records=records_dir, output=str(tmp_path / "m.keras"), batch_size=0)
+    with pytest.raises(ModelError) as caught:
+        check_config(config)
+    assert caught.value.field == "batch_size" and "--" not in str(caught.value)
+    parser = cli.build_parser()
+    assert cli.in_flags(str(caught.value), parser, "train").startswith("-b1/--batch-size must be at least 1")
+    # A name that is no flag of the command stays as the library wrote it.
+    assert cli.in_flags("`records` and `nothing_like_it`", parser, "train") == "-i/--input and `nothing_like_it`"

@@ -225,9 +225,10 @@ def test_an_output_under_a_file_is_a_clear_error(slim_t7, tmp_path):
 
 
 def test_progress_reports_each_stage(slim_t7, tmp_path):
-    stages = []
-    summary = convert_t7_to_keras(slim_t7, str(tmp_path / "v.keras"),
-                                  progress=lambda info: stages.append(info["stage"]))
-    assert stages == ["read", "build", "write", "done"]
+    from model.progress import Reading, Writing
+
+    events = []
+    summary = convert_t7_to_keras(slim_t7, str(tmp_path / "v.keras"), progress=events.append)
+    assert events == [Reading(slim_t7), Writing(str(tmp_path / "v.keras"), summary.params)]
     assert summary.widths == SLIM_WIDTHS and summary.params == 163_444
     assert summary.bytes_written == os.path.getsize(tmp_path / "v.keras")

@@ -144,7 +144,8 @@ def train_folds(config, progress: Callable | None = None, folds: Sequence[int] |
 
     emit = progress or (lambda event: None)
     if config.val_fold is not None:
-        raise ModelError("--folds trains every fold in turn; drop --val-fold (or drop --folds to train one split)")
+        raise ModelError("`folds` trains every fold in turn; drop `val_fold` (or drop `folds` to train one split)",
+                         field="val_fold")
     fold_model_path(config.output, 0)           # the output name is checked before anything runs
     training_splits(config.records, 0)           # DataError unless the records are the fold layout
     folds = list(range(N_FOLDS) if folds is None else folds)
@@ -160,7 +161,7 @@ def train_folds(config, progress: Callable | None = None, folds: Sequence[int] |
         if complete and info.workers > 1 and info.is_chief and not have_model:
             # The other workers see the same checkpoint and skip: rewriting alone would hang.
             raise ModelError(f"fold {k}'s checkpoint is complete but {fold.output} is missing; rewrite it "
-                             f"with `train --val-fold {k}` and the same settings, then rerun --folds")
+                             f"with `train --val-fold {k}` and the same settings, then rerun `folds`")
         if complete and (have_model or info.workers > 1):
             final = dict(state["history"][-1]) if state["history"] else {}
             row = {"fold": k, "model": fold.output, "skipped": True, "resumed": False, **final}
@@ -211,13 +212,13 @@ def evaluate_folds(model_path: str, records_dir: str, report_dir: str, batch_siz
 
     manifest = load_manifest(records_dir)
     if manifest.layout != LAYOUT_FOLDS:
-        raise DataError(f"--folds needs records of the official Adience folds (preprocess --layout adience-folds), "
-                        f"but {records_dir} holds the {manifest.layout} layout; evaluate one split with --split")
+        raise DataError(f"`folds` needs records of the official Adience folds (`preprocess --layout adience-folds`), "
+                        f"but {records_dir} holds the {manifest.layout} layout; evaluate one split with `split`")
     models = [fold_model_path(model_path, k) for k in range(N_FOLDS)]
     missing = [m for m in models if not os.path.exists(m)]
     if missing:
         raise ModelError(f"{', '.join(os.path.basename(m) for m in missing)} not found beside {model_path}: "
-                         f"-m takes the -o given to `train --folds` (it finds <stem>_fold0.keras … "
+                         f"`model_path` takes the path given to `train --folds -o` (it finds <stem>_fold0.keras … "
                          f"<stem>_fold{N_FOLDS - 1}.keras); run that first")
     folds = []
     fold_metrics = []

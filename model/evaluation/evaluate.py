@@ -182,7 +182,7 @@ def resolve_splits(records_dir: str, split: str) -> list[str]:
     return [split]
 
 
-_ONE_MACHINE = ("evaluate runs on one machine (one or several GPUs: --strategy auto or mirrored); "
+_ONE_MACHINE = ("evaluate runs on one machine (one or several GPUs: `strategy` auto or mirrored); "
                 "unset TF_CONFIG for it")
 
 

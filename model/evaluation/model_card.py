@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 
+from pipeline.files import write_text_atomically
 from pipeline.schema import AGE_UNKNOWN_GROUP, LABEL_NAMES
 
 MODEL_CARD_NAME = "model_card.md"
@@ -123,7 +124,5 @@ def write_model_card(report: dict, report_dir: str) -> str:
 
     text = model_card(report, load_manifest(report["records"]))
     path = os.path.join(report_dir, MODEL_CARD_NAME)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)   # a reader never sees half a card
+    write_text_atomically(path, text)
     return MODEL_CARD_NAME

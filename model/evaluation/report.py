@@ -6,7 +6,6 @@ named `<split>_<kind>.png`.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from typing import Iterable
 
@@ -15,6 +14,7 @@ import numpy as np
 from model.contract import DECISION_RULE, DECISION_THRESHOLD, POSITIVE_CLASS, label_name
 from model.evaluation.evaluate import AGE_GROUP_RULE, Evaluation, SplitPredictions
 from model.evaluation.model_card import write_model_card
+from pipeline.files import write_json_atomically
 from pipeline.schema import AGE_GROUP_NAMES, LABEL_NAMES
 
 REPORT_NAME = "report.json"
@@ -58,14 +58,6 @@ def write_report(evaluation: Evaluation, report_dir: str) -> dict:
     report["files"]["model_card"] = write_model_card(report, report_dir)
     write_json_atomically(os.path.join(report_dir, REPORT_NAME), report)
     return report
-
-
-def write_json_atomically(path: str, body: dict) -> None:
-    """Write then rename: a reader never sees half a report."""
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(body, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
 
 
 def write_predictions_csv(path: str, predictions: Iterable[SplitPredictions]) -> int:
@@ -207,7 +199,7 @@ def summary_lines(report: dict, report_dir: str) -> list[str]:
                      f"{base['accuracy']:.4f})  loss={m['loss']:.4f}  auc={auc}")
         if m.get("one_class_predictions"):
             lines.append(f"  warning: every prediction is {m['one_class_predictions']}: the model has collapsed "
-                         f"to one class (retrain with the default --head standardized, or a lower --learning-rate)")
+                         f"to one class (retrain with the default `head` standardized, or a lower `learning_rate`)")
         worst = m.get("worst_age_group")
         filled = [e["accuracy"] for g, e in m["by_age"].items() if e["n"] and g in AGE_GROUP_NAMES]
         if worst is not None and len(set(filled)) == 1:

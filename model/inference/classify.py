@@ -107,11 +107,11 @@ class ClassifyStream:
                  batch_size: int = 64, workers: int | None = None, progress: Progress | None = None,
                  forward=None, annotate_dir: str | None = None, total: Callable[[], int] | None = None):
         if faces not in FACE_MODES:
-            raise DataError(f"--faces must be one of {', '.join(FACE_MODES)}, got {faces!r}")
+            raise DataError(f"`faces` must be one of {', '.join(FACE_MODES)}, got {faces!r}", field="faces")
         if batch_size < 1:
             raise DataError(f"batch size must be positive, got {batch_size}")
         if min_face < 1:
-            raise DataError(f"--min-face must be a positive number of pixels, got {min_face}")
+            raise DataError(f"`min_face` must be a positive number of pixels, got {min_face}", field="min_face")
         self.entries, self.batch_size, self.total = entries, batch_size, total
         self.workers = workers or max(2, os.cpu_count() or 1)
         self.forward = forward or make_forward(model)

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+from pipeline.files import is_remote
+
 # Extensions (lower case) of the files a directory search picks up.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -30,10 +32,6 @@ class Entry:
 
 def is_image_name(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path
 
 
 def _read_path_list(path: str) -> list[str] | None:

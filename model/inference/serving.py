@@ -22,8 +22,6 @@ beside it, as Pillow's `box` does). What is left is float against fixed-point ro
 """
 from __future__ import annotations
 
-import os
-import shutil
 
 import keras
 import tensorflow as tf
@@ -32,6 +30,7 @@ from model.contract import image_size_of, predicted_male
 from model.errors import ModelError
 from model.network.head import OUTPUT_LAYER, is_classifier
 from pipeline.decode import MAX_PIXELS
+from pipeline.files import replacing
 from pipeline.schema import LABEL_NAMES
 
 SERVING_DEFAULT = "serving_default"
@@ -272,12 +271,5 @@ def export_savedmodel(model: keras.Model, directory: str) -> None:
         # autograph off: the functions are plain TensorFlow ops, nothing to convert.
         archive.add_endpoint(name, tf.function(fn, autograph=False), input_signature=[spec])
 
-    directory = os.path.normpath(directory)
-    partial, previous = f"{directory}.partial", f"{directory}.previous"
-    for leftover in (partial, previous):
-        shutil.rmtree(leftover, ignore_errors=True)
-    archive.write_out(partial, verbose=False)
-    if os.path.exists(directory):
-        os.replace(directory, previous)
-    os.replace(partial, directory)
-    shutil.rmtree(previous, ignore_errors=True)
+    with replacing(directory) as partial:
+        archive.write_out(partial, verbose=False)

@@ -15,11 +15,13 @@ import keras
 import numpy as np
 
 from model.errors import ModelError
+from model.progress import ConvertEvent, Reading, Writing
 from model.network.t7 import load_t7_keras_weights, read_vggface_t7
 
 # Importing model.network.vggface also registers MeanSubtract, which safe-mode loading needs.
 from model.network.vggface import CONV_NAMES, LAYER_NAMES, WEIGHTED_NAMES, VGGWidths, build_vggface
 from model.runtime import precision
+from pipeline.files import replacing
 from pipeline.schema import DEFAULT_IMAGE_SIZE
 
 _NOT_VGGFACE = "is not a VGG-Face model; convert VGG_FACE.t7 with `python cli.py convert`"
@@ -120,42 +122,32 @@ class ConvertSummary:
 
 
 def convert_t7_to_keras(weights_path: str, output_path: str,
-                        progress: Callable[[dict], None] | None = None) -> ConvertSummary:
+                        progress: Callable[[ConvertEvent], None] | None = None) -> ConvertSummary:
     """Convert a VGG_FACE.t7-structured file to a .keras VGG-Face, written atomically.
 
-    A .keras VGG-Face given as input is checked and rewritten the same way. progress (optional) gets {"stage": "read" | "build" | "write" | "done", ...} dicts.
+    A .keras VGG-Face given as input is checked and rewritten the same way. progress (optional)
+    gets a Reading, then a Writing event (model/progress.py).
     """
     if not output_path.endswith(".keras"):
         raise ModelError(f"output {output_path} must end in .keras (Keras 3 saves whole models "
                          f"only as .keras files)")
     report = progress or (lambda info: None)
     start = time.perf_counter()
-    report({"stage": "read", "path": weights_path})
+    report(Reading(weights_path))
     widths, weights = _load_weights(weights_path)
-    report({"stage": "build", "widths": widths})
     # The file on disk is always float32, whatever global policy a caller has set.
     with precision("float32"):
         model = build_vggface(widths)
     for name in WEIGHTED_NAMES:
         model.get_layer(name).set_weights(weights[name])
     del weights
-    out_dir = os.path.dirname(os.path.abspath(output_path))
-    report({"stage": "write", "path": output_path})
+    report(Writing(output_path, int(model.count_params())))
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        # Write beside the target then rename: a failed or killed run leaves no half file under
-        # the real name. (Keras insists on the .keras suffix for the temporary name too.)
-        tmp = os.path.join(out_dir, f".{os.path.basename(output_path)}.{os.getpid()}.tmp.keras")
-        try:
-            model.save(tmp)
-            os.replace(tmp, output_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with replacing(output_path, suffix=".keras") as partial:
+            model.save(partial)
     except OSError as err:
         raise ModelError(f"cannot write {output_path}: {err.strerror or err}") from None
     summary = ConvertSummary(widths=widths, params=int(model.count_params()), output=output_path,
                              bytes_written=os.path.getsize(output_path),
                              seconds=time.perf_counter() - start)
-    report({"stage": "done", "summary": summary})
     return summary

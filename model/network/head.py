@@ -49,7 +49,7 @@ def backbone_layer_names(backbone: keras.Model) -> list[str]:
 
 def _check_layer(option: str, name: str, valid: list[str]) -> int:
     if name not in valid:
-        raise ModelError(f"unknown {option} {name!r}; valid layer names: {', '.join(valid)}")
+        raise ModelError(f"unknown `{option}` {name!r}; valid layer names: {', '.join(valid)}", field=option)
     return valid.index(name)
 
 
@@ -64,26 +64,27 @@ def build_classifier(backbone: keras.Model, cut_layer: str = DEFAULT_CUT_LAYER,
     starts as the identity (mean 0, variance 1) until `set_feature_statistics`.
     """
     valid = backbone_layer_names(backbone)
-    cut_index = _check_layer("--cut-layer", cut_layer, valid)
+    cut_index = _check_layer("cut_layer", cut_layer, valid)
     size = image_size_of(backbone)
     if size != DEFAULT_IMAGE_SIZE and cut_index > valid.index(LAST_POOL):
         # fc6's weights were trained on pool5's 7x7 map: at another size it cannot carry them.
-        raise ModelError(f"--cut-layer {cut_layer} is above {LAST_POOL}, whose VGG-Face weights need "
+        raise ModelError(f"`cut_layer` {cut_layer} is above {LAST_POOL}, whose VGG-Face weights need "
                          f"{DEFAULT_IMAGE_SIZE}x{DEFAULT_IMAGE_SIZE} images, but these are {size}x{size}: "
-                         f"cut at {LAST_POOL} or below, or preprocess at --image-size {DEFAULT_IMAGE_SIZE}")
+                         f"cut at {LAST_POOL} or below, or preprocess at `image_size` {DEFAULT_IMAGE_SIZE}",
+                         field="cut_layer")
     if freeze_through in NO_FREEZE:
         freeze_index = -1
     else:
-        freeze_index = _check_layer("--freeze-through", freeze_through, valid)
+        freeze_index = _check_layer("freeze_through", freeze_through, valid)
         if freeze_index > cut_index:
-            raise ModelError(f"--freeze-through {freeze_through} comes after --cut-layer {cut_layer}; "
+            raise ModelError(f"`freeze_through` {freeze_through} comes after `cut_layer` {cut_layer}; "
                              f"freeze a layer at or before the cut (or 'none')")
     if head not in HEADS:
-        raise ModelError(f"unknown --head {head!r}; choose one of {', '.join(HEADS)}")
+        raise ModelError(f"unknown `head` {head!r}; choose one of {', '.join(HEADS)}", field="head")
     if dense_units < 1:
-        raise ModelError(f"--dense-units must be at least 1, got {dense_units}")
+        raise ModelError(f"`dense_units` must be at least 1, got {dense_units}", field="dense_units")
     if not 0.0 <= dropout < 1.0:
-        raise ModelError(f"--dropout must be in [0, 1), got {dropout}")
+        raise ModelError(f"`dropout` must be in [0, 1), got {dropout}", field="dropout")
 
     for index, name in enumerate(valid[:cut_index + 1]):
         backbone.get_layer(name).trainable = index > freeze_index
@@ -209,4 +210,4 @@ def check_finite_weights(model: keras.Model, path: str) -> None:
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             bad = int(values.size - np.isfinite(values).sum())
             raise ModelError(f"{path} holds {bad} non-finite weight(s) (NaN or infinity) in {variable.path}: "
-                             f"its training diverged; retrain it (e.g. with a lower --learning-rate)")
+                             f"its training diverged; retrain it (e.g. with a lower `learning_rate`)")

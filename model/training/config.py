@@ -106,34 +106,36 @@ def check_config(config: TrainConfig) -> None:
         raise ModelError(f"weights file {config.weights} does not exist; give VGG_FACE.t7 or the .keras "
                          f"file written by `python cli.py convert`")
     checks = [
-        (config.epochs >= 1, f"-e/--epochs must be at least 1, got {config.epochs}"),
-        (config.batch_size >= 1, f"-b1/--batch-size must be at least 1, got {config.batch_size}"),
-        (config.valid_batch_size >= 1, f"-b2/--valid-batch-size must be at least 1, got {config.valid_batch_size}"),
-        (config.memory in MEMORY_MODES, f"-m/--memory must be low or high, got {config.memory!r}"),
-        (math.isfinite(config.learning_rate) and config.learning_rate > 0,
-         f"--learning-rate must be a positive finite number, got {config.learning_rate}"),
-        (math.isfinite(config.dropout) and 0.0 <= config.dropout < 1.0,
-         f"--dropout must be a finite number in [0, 1), got {config.dropout}"),
-        (config.checkpoint_every_steps >= 1,
-         f"--checkpoint-every must be at least 1 step, got {config.checkpoint_every_steps}"),
-        (config.steps_per_call is None or config.steps_per_call >= 1,
-         f"--steps-per-call must be at least 1 (or auto), got {config.steps_per_call}"),
-        (config.strategy in STRATEGIES, f"unknown strategy {config.strategy!r}; choose one of {', '.join(STRATEGIES)}"),
-        (config.precision in PRECISIONS, f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}"),
-        (config.jit in JIT_CHOICES, f"unknown --jit {config.jit!r}; choose one of {', '.join(JIT_CHOICES)}"),
-        (config.augment_on in PLACEMENTS,
-         f"unknown --augment-on {config.augment_on!r}; choose one of {', '.join(PLACEMENTS)}"),
-        (config.head in HEADS, f"unknown --head {config.head!r}; choose one of {', '.join(HEADS)}"),
-        (config.stats_images >= 1, f"--stats-images must be at least 1, got {config.stats_images}"),
-        (config.val_fold is None or 0 <= config.val_fold < N_FOLDS,
-         f"--val-fold must be one of 0 … {N_FOLDS - 1} (the {N_FOLDS} Adience folds), got {config.val_fold}"),
+        ("epochs", config.epochs >= 1, f"must be at least 1, got {config.epochs}"),
+        ("batch_size", config.batch_size >= 1, f"must be at least 1, got {config.batch_size}"),
+        ("valid_batch_size", config.valid_batch_size >= 1, f"must be at least 1, got {config.valid_batch_size}"),
+        ("memory", config.memory in MEMORY_MODES, f"must be low or high, got {config.memory!r}"),
+        ("learning_rate", math.isfinite(config.learning_rate) and config.learning_rate > 0,
+         f"must be a positive finite number, got {config.learning_rate}"),
+        ("dropout", math.isfinite(config.dropout) and 0.0 <= config.dropout < 1.0,
+         f"must be a finite number in [0, 1), got {config.dropout}"),
+        ("checkpoint_every_steps", config.checkpoint_every_steps >= 1,
+         f"must be at least 1 step, got {config.checkpoint_every_steps}"),
+        ("steps_per_call", config.steps_per_call is None or config.steps_per_call >= 1,
+         f"must be at least 1 (or auto), got {config.steps_per_call}"),
+        ("strategy", config.strategy in STRATEGIES,
+         f"is {config.strategy!r}; choose one of {', '.join(STRATEGIES)}"),
+        ("precision", config.precision in PRECISIONS,
+         f"is {config.precision!r}; choose one of {', '.join(PRECISIONS)}"),
+        ("jit", config.jit in JIT_CHOICES, f"is {config.jit!r}; choose one of {', '.join(JIT_CHOICES)}"),
+        ("augment_on", config.augment_on in PLACEMENTS,
+         f"is {config.augment_on!r}; choose one of {', '.join(PLACEMENTS)}"),
+        ("head", config.head in HEADS, f"is {config.head!r}; choose one of {', '.join(HEADS)}"),
+        ("stats_images", config.stats_images >= 1, f"must be at least 1, got {config.stats_images}"),
+        ("val_fold", config.val_fold is None or 0 <= config.val_fold < N_FOLDS,
+         f"must be one of 0 … {N_FOLDS - 1} (the {N_FOLDS} Adience folds), got {config.val_fold}"),
     ]
-    for ok, message in checks:
+    for name, ok, message in checks:
         if not ok:
-            raise ModelError(message)
+            raise ModelError(f"`{name}` {message}", field=name)
     # Before any work: no output may overwrite or sit inside an input, and each must be writable.
     paths = output_paths(config)
-    check_outputs([(paths["output"], FILE, "-o"), (paths["savedmodel"], DIR, "the SavedModel export"),
-                   (paths["history_csv"], FILE, "the history CSV"), (paths["log_dir"], DIR, "--log-dir"),
-                   (paths["checkpoint_dir"], DIR, "--checkpoint-dir")],
-                  [(config.weights, "-w"), (config.records, "-i")])
+    check_outputs([(paths["output"], FILE, "`output`"), (paths["savedmodel"], DIR, "the SavedModel export"),
+                   (paths["history_csv"], FILE, "the history CSV"), (paths["log_dir"], DIR, "`log_dir`"),
+                   (paths["checkpoint_dir"], DIR, "`checkpoint_dir`")],
+                  [(config.weights, "`weights`"), (config.records, "`records`")])

@@ -25,12 +25,12 @@ def training_splits(records: str, val_fold: int | None) -> tuple[list[str], list
     if layout == LAYOUT_FOLDS:
         if val_fold is None:
             raise DataError(f"{records} holds the {N_FOLDS} Adience folds ({', '.join(FOLD_SPLITS)}), not a "
-                            f"train/valid split: pass --val-fold K (train on the other folds, validate on "
-                            f"fold K) or --folds (all {N_FOLDS}, the cross-validation)")
+                            f"train/valid split: pass `val_fold` K (train on the other folds, validate on "
+                            f"fold K) or `folds` (all {N_FOLDS}, the cross-validation)")
         return [s for s in FOLD_SPLITS if s != fold_split(val_fold)], [fold_split(val_fold)]
     if val_fold is not None:
-        raise DataError(f"--val-fold and --folds need records of the official Adience folds (preprocess "
-                        f"--layout adience-folds), but {records} holds the {layout} layout (splits train, "
+        raise DataError(f"`val_fold` and `folds` need records of the official Adience folds (`preprocess "
+                        f"--layout adience-folds`), but {records} holds the {layout} layout (splits train, "
                         f"valid): drop the option to train on train and validate on valid")
     return ["train"], ["valid"]
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 from model.network.head import as_float32
 from model.runtime import precision
 from model.inference.serving import export_savedmodel
+from pipeline.files import replacing
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images_per_s", "seconds")
 
@@ -28,9 +29,8 @@ def write_outputs(model: keras.Model, paths: dict[str, str], history: list[dict]
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with precision("float32"):
         final = as_float32(model)
-    partial = f"{output[: -len('.keras')]}.partial.keras"
-    final.save(partial)
-    os.replace(partial, output)
+    with replacing(output, suffix=".keras") as partial:
+        final.save(partial)
     export_savedmodel(final, savedmodel)        # atomic itself; signatures in model/inference/serving.py
     with open(paths["history_csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")

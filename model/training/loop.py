@@ -120,7 +120,7 @@ class _Run:
         if self.train_info["count"] < self.global_batch:
             raise ModelError(f"the training split ({'+'.join(self.train_splits)}) of {config.records} has "
                              f"{self.train_info['count']} examples, fewer than one global batch ({config.batch_size} "
-                             f"per replica x {self.replicas} replicas = {self.global_batch}); lower -b1")
+                             f"per replica x {self.replicas} replicas = {self.global_batch}); lower `batch_size`")
         self.loss_scaling = policy == "mixed_float16"
         self.devices = accelerators()
         self.jit = resolve_jit(config.jit, bool(self.devices))
@@ -265,7 +265,7 @@ class _Run:
                 raise ModelError(
                     f"training stopped at epoch {epoch + 1}, step {step + first_bad + 1} (global step "
                     f"{global_step + first_bad + 1}): the loss is {result[0]} (not finite); nothing was saved after "
-                    f"the last checkpoint; lower --learning-rate, or check the weights file and the records")
+                    f"the last checkpoint; lower `learning_rate`, or check the weights file and the records")
             if ran == 0:
                 break
             step, global_step, steps_run = step + ran, global_step + ran, steps_run + ran

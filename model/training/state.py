@@ -68,7 +68,7 @@ class RunState:
         latest = tf.train.latest_checkpoint(self.directory)
         if not latest:
             return None
-        fix = f"use another --checkpoint-dir or delete {self.directory} to start afresh"
+        fix = f"use another `checkpoint_dir` or delete {self.directory} to start afresh"
         stored = read_checkpoint(latest)
         if stored is None:
             raise ModelError(f"{self.directory} holds a checkpoint that is not from `python cli.py train` or is "

@@ -26,6 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.decode import MAX_IMAGE_BYTES, file_kind, read_bytes
 from pipeline.errors import DataError
+from pipeline.files import is_remote
 
 TMP_PREFIX = ".tmp-"
 LOCK_NAME = "lock"
@@ -38,10 +39,6 @@ UNLOCKED_GRACE_SECONDS = 60
 DANGLING_REASON = "dangling symbolic link (its target does not exist)"
 # Write errors that mean "this output location cannot take the records" (not a bug): one line.
 OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO)
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path
 
 
 def escape_glob(path: str) -> str:

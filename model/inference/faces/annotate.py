@@ -11,7 +11,8 @@ import os
 
 from PIL import Image, ImageDraw, ImageFont
 
-from model.inference.inputs import IMAGE_EXTENSIONS, is_remote
+from model.inference.inputs import IMAGE_EXTENSIONS
+from pipeline.files import is_remote
 from model.inference.prepare import CROP_INPUT
 from pipeline.errors import DataError
 
@@ -91,5 +92,5 @@ def save_annotated(out_dir: str, prepared) -> str:
             image.save(target)
     except (OSError, ValueError) as err:
         raise DataError(f"cannot write the annotated picture {target} ({getattr(err, 'strerror', None) or err}); "
-                        f"pass a writable --annotate folder") from None
+                        f"pass a writable `annotate_dir` folder") from None
     return target
