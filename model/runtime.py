@@ -116,7 +116,7 @@ def select_precision(name: str = "auto") -> str:
     """The dtype policy name: auto picks from the GPUs (see precision_for_capabilities); any of
     float32, mixed_float16, mixed_bfloat16 can be forced. Does not set it (see apply_precision)."""
     if name not in PRECISIONS:
-        raise ModelError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+        raise ModelError(f"unknown `precision` {name!r}; choose one of {', '.join(PRECISIONS)}")
     if name != "auto":
         return name
     capabilities = []

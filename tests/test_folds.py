@@ -472,3 +472,23 @@ def test_bad_input_is_one_line_and_exit_2(case, folds_records, aligned_valid_rec
     assert cli.main(argv) == 2
     assert expected in one_error_line(capsys)
     assert os.listdir(tmp_path) == []          # nothing written
+
+
+def test_a_fold_is_finished_only_for_the_fingerprint_train_would_resume(cross_validation, slim_t7):
+    """The machine-derived part of the fingerprint (global batch, loss scaling) counts too: a fold
+    trained on one replica is not "finished" for a run on two, which `train` would refuse to resume."""
+    from model.evaluation.crossval import _fold_complete, fold_config
+    from model.network.backbone import read_vggface_widths
+    from model.training import TrainConfig, checkpoint_state, machine_of
+
+    config = TrainConfig(weights=slim_t7, records=cross_validation["records"], output=cross_validation["output"],
+                         epochs=1, batch_size=8, augment=False, freeze_through="none", learning_rate=3e-4,
+                         checkpoint_every_steps=3)
+    fold = fold_config(config, 0)
+    state = checkpoint_state(fold.resolved_checkpoint_dir())
+    replicas = state["fingerprint"]["global_batch_size"] // config.batch_size
+    widths = read_vggface_widths(slim_t7)
+    assert _fold_complete(fold, state, machine_of(fold, widths, replicas, 1, "float32"))
+    assert not _fold_complete(fold, state, machine_of(fold, widths, 2 * replicas, 1, "float32"))
+    assert not _fold_complete(fold, state, machine_of(fold, widths, replicas, 1, "mixed_float16"))
+    assert not _fold_complete(fold, state, machine_of(fold, widths, replicas, 2, "float32"))

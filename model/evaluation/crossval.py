@@ -116,17 +116,16 @@ def headline(stats: dict, n_folds: int) -> str:
 
 
 # ------------------------------------------------------------------ training
-def _fold_complete(config, state: dict | None) -> bool:
-    """Does fold config's checkpoint say its training is finished, for these settings?"""
-    from model.training import config_fingerprint, fingerprint_changes, training_splits
-    from pipeline.manifest import manifest_digest
+def _fold_complete(config, state: dict | None, machine) -> bool:
+    """Does fold config's checkpoint say its training is finished, for the fingerprint `train`
+    would resume it with (settings, records and machine alike)? Anything else: the fold is trained
+    again, and train itself then refuses the old checkpoint, saying so."""
+    from model.training import fingerprint, fingerprint_changes
+    from model.training.datasets import run_data
 
     if state is None or state["epoch"] != config.epochs:
         return False
-    # The settings, and the records it was trained on (other records: the fold is trained again,
-    # and train itself then refuses the old checkpoint, saying so).
-    current = {**config_fingerprint(config),
-               "train_records": manifest_digest(config.records, training_splits(config.records, config.val_fold)[0])}
+    current = fingerprint(config, run_data(config), machine)
     return not fingerprint_changes(state["fingerprint"], current)
 
 
@@ -137,8 +136,9 @@ def train_folds(config, progress: Callable | None = None, folds: Sequence[int] |
 
     Emits FoldStart / FoldSkipped events around train's own events (which carry no fold number:
     they belong to the last FoldStart)."""
-    from model.runtime import select_strategy, task_info
-    from model.training import checkpoint_state, train, training_splits
+    from model.network.backbone import read_vggface_widths
+    from model.runtime import select_precision, select_strategy, task_info
+    from model.training import checkpoint_state, machine_of, train, training_splits
     from model.training.events import FoldSkipped, FoldStart
     from pipeline.reader import clear_memory_cache
 
@@ -152,11 +152,13 @@ def train_folds(config, progress: Callable | None = None, folds: Sequence[int] |
     # One strategy for every fold: MultiWorkerMirroredStrategy can be created once per process.
     strategy = select_strategy(config.strategy)
     info = task_info(strategy)
+    machine = machine_of(config, read_vggface_widths(config.weights), int(strategy.num_replicas_in_sync),
+                         info.workers, select_precision(config.precision))
     rows = []
     for k in folds:
         fold = fold_config(config, k)
         state = checkpoint_state(fold.resolved_checkpoint_dir())
-        complete = _fold_complete(fold, state)
+        complete = _fold_complete(fold, state, machine)
         have_model = os.path.exists(fold.output)
         if complete and info.workers > 1 and info.is_chief and not have_model:
             # The other workers see the same checkpoint and skip: rewriting alone would hang.

@@ -16,6 +16,7 @@ from model.defaults import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT
                             DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_LEARNING_RATE, DEFAULT_STATS_IMAGES,
                             HEADS, JIT_CHOICES, PLACEMENTS, PRECISIONS, STRATEGIES)
 from model.errors import ModelError
+from model.network.vggface import VGGWidths
 from pipeline.augment import AugmentParams
 from pipeline.folds import N_FOLDS
 from pipeline.outputs import DIR, FILE, check_outputs
@@ -73,7 +74,50 @@ class TrainConfig:
         return self.log_dir or f"{self.stem}_logs"
 
 
-def config_fingerprint(config: TrainConfig) -> dict:
+@dataclass(frozen=True)
+class RunData:
+    """What the fingerprint takes from the records (model/training/datasets.py: run_data)."""
+
+    image_size: int
+    train_splits: tuple[str, ...]
+    train_records: str            # pipeline.manifest.manifest_digest of the training splits
+
+
+@dataclass(frozen=True)
+class RunMachine:
+    """What the fingerprint takes from the weights and the machine the run is on."""
+
+    widths: VGGWidths
+    loss_scaling: bool            # the precision policy is mixed_float16
+    global_batch_size: int
+    input_pipelines: int          # one per worker
+
+
+def machine_of(config: TrainConfig, widths: VGGWidths, replicas: int, workers: int, policy: str) -> RunMachine:
+    """The RunMachine of `config` under a strategy of `replicas` replicas on `workers` workers."""
+    return RunMachine(widths=widths, loss_scaling=policy == "mixed_float16",
+                      global_batch_size=config.batch_size * replicas, input_pipelines=workers)
+
+
+def fingerprint(config: TrainConfig, data: RunData, machine: RunMachine) -> dict:
+    """What a checkpoint must have been trained with to be resumed (or a fold to count as
+    finished): the config's resume=True fields, then what follows from the records and the machine.
+    Training longer (epochs) and where outputs go are not in it."""
+    widths = machine.widths
+    return {
+        **_config_fingerprint(config),
+        "weights_widths": [list(widths.conv), widths.fc6, widths.fc7, widths.fc8],
+        "image_size": data.image_size,
+        "loss_scaling": machine.loss_scaling,
+        "global_batch_size": machine.global_batch_size,
+        "input_pipelines": machine.input_pipelines,
+        "train_splits": list(data.train_splits),
+        # Which records: resuming on other data with the same image count is refused.
+        "train_records": data.train_records,
+    }
+
+
+def _config_fingerprint(config: TrainConfig) -> dict:
     """The fingerprint entries that follow from the configuration alone: its resume=True fields."""
     out = {}
     for f in dataclasses.fields(config):

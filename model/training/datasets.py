@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from model.training.config import TrainConfig
+from model.training.config import RunData, TrainConfig
 from pipeline.errors import DataError
+from pipeline.manifest import manifest_digest
 from pipeline.folds import FOLD_SPLITS, N_FOLDS, fold_split
 from pipeline.reader import make_dataset
 from pipeline.schema import LAYOUT_FOLDS
@@ -33,6 +34,18 @@ def training_splits(records: str, val_fold: int | None) -> tuple[list[str], list
                         f"--layout adience-folds`), but {records} holds the {layout} layout (splits train, "
                         f"valid): drop the option to train on train and validate on valid")
     return ["train"], ["valid"]
+
+
+def run_data(config: TrainConfig, train_splits: list[str] | None = None, image_size: int | None = None) -> RunData:
+    """What the fingerprint takes from `config`'s records (splits and size: read when not given)."""
+    from pipeline.reader import describe_dataset
+
+    if train_splits is None:
+        train_splits = training_splits(config.records, config.val_fold)[0]
+    if image_size is None:
+        image_size = describe_dataset(config.records, train_splits)["image_size"]
+    return RunData(image_size=image_size, train_splits=tuple(train_splits),
+                   train_records=manifest_digest(config.records, train_splits))
 
 
 def train_dataset(strategy: tf.distribute.Strategy, config: TrainConfig, splits: list[str], epoch: int,

@@ -22,12 +22,11 @@ from model.runtime import (TaskInfo, accelerators, precision, resolve_augment_on
                               select_strategy, task_info)
 from model.errors import ModelError
 from model.training import events
-from model.training.config import TrainConfig, check_config, config_fingerprint, output_paths
-from model.training.datasets import train_dataset, training_splits, valid_dataset
+from model.training.config import TrainConfig, check_config, fingerprint, machine_of, output_paths
+from model.training.datasets import run_data, train_dataset, training_splits, valid_dataset
 from model.training.exports import replica_digests, weights_digest, write_outputs
 from model.training.state import RunState
 from model.training.steps import make_steps
-from pipeline.manifest import manifest_digest
 from pipeline.reader import describe_dataset
 from pipeline.shard_check import records_error
 
@@ -146,18 +145,9 @@ class _Run:
             # Built now (slots exist) so that a checkpoint restores into them at once.
             optimizer.build(self.model.trainable_variables)
             self.optimizer = optimizer
-        fingerprint = {
-            **config_fingerprint(config),
-            "weights_widths": [list(widths.conv), widths.fc6, widths.fc7, widths.fc8],
-            "image_size": self.train_info["image_size"],
-            "loss_scaling": self.loss_scaling,
-            "global_batch_size": self.global_batch,
-            "input_pipelines": self.info.workers,
-            "train_splits": list(self.train_splits),
-            # Which records: resuming on other data with the same image count is refused.
-            "train_records": manifest_digest(config.records, self.train_splits),
-        }
-        self.state = RunState(self.model, optimizer, fingerprint, self.paths["checkpoint_dir"],
+        machine = machine_of(config, widths, self.replicas, self.info.workers, self.policy)
+        data = run_data(config, self.train_splits, self.train_info["image_size"])
+        self.state = RunState(self.model, optimizer, fingerprint(config, data, machine), self.paths["checkpoint_dir"],
                               self.info.is_chief, self.info.task_id)
 
     def _fix_feature_statistics(self, restored: bool) -> dict:
