@@ -330,7 +330,7 @@ class _TrainRenderer:
                   else f"max {e.feature_max:.3g}, over {e.stats_images} training images")
         what = "standardized per feature inside the model" if e.head == "standardized" else "fed raw to the original head"
         print(f"features: {e.cut_layer} RMS {e.feature_rms:.3g} ({source}); {what}")
-        if e.head == "original" and e.feature_rms > ORIGINAL_HEAD_RMS_LIMIT:
+        if e.original_head_unstable:
             print(f"warning: the original head trains on the raw {e.cut_layer} features, and on features "
                   f"this large (RMS {e.feature_rms:.3g}) its losses are huge and its training unstable; "
                   f"the default --head standardized trains on any scale")
@@ -393,12 +393,6 @@ class _TrainRenderer:
               f"checkpoint directory {e.checkpoint_dir} to train it again)", flush=True)
 
 
-# Above this feature RMS the original head's first losses run into the tens and hundreds and its
-# training turns unstable (measured, see model/defaults.py: epoch-1 loss 0.6-2.2 at RMS 0.1-0.3,
-# 7-14 at RMS 1, 30-430 at RMS 3-30).
-ORIGINAL_HEAD_RMS_LIMIT = 1.0
-
-
 class _DropFoldRetracing(logging.Filter):
     """Each fold has its own model, hence new step functions: TensorFlow's "triggered tf.function
     retracing" warning is expected with --folds and says nothing about the run."""
@@ -408,7 +402,7 @@ class _DropFoldRetracing(logging.Filter):
 
 
 def _train_folds(config) -> int:
-    from model.evaluation.crossval import train_folds
+    from model.training.folds import train_folds
 
     quiet = _DropFoldRetracing()
     logging.getLogger("tensorflow").addFilter(quiet)

@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.schema import DEFAULT_IMAGE_SIZE, LABEL_NAMES
 
 __all__ = ["DECISION_THRESHOLD", "POSITIVE_CLASS", "DECISION_RULE", "DEFAULT_IMAGE_SIZE", "predicted_labels",
-           "label_name", "predicted_male", "image_size_of"]
+           "label_name", "predicted_male", "male_probability", "image_size_of"]
 
 # A score above this is "male" (label 1). Strictly greater, as keras.metrics.binary_accuracy decides,
 # so `evaluate`'s accuracy equals what Keras would report for the same scores.
@@ -36,6 +36,17 @@ def predicted_male(scores):
     import tensorflow as tf
 
     return tf.cast(tf.cast(scores, tf.float32) > DECISION_THRESHOLD, tf.float32)
+
+
+def male_probability(model, pixels):
+    """The model's float32 [B, 1] probabilities of uint8 [B, S, S, 3] pixels, in a tf.function or a
+    replica. An empty batch gives [0, 1] without calling the model: TensorFlow 2.21's CPU
+    convolutions (oneDNN) fail on a batch of 0, which the last replica's batch or an empty request
+    can be."""
+    import tensorflow as tf
+
+    return tf.cond(tf.shape(pixels)[0] > 0, lambda: tf.cast(model(pixels, training=False), tf.float32),
+                   lambda: tf.zeros([0, 1], tf.float32))
 
 
 def image_size_of(model) -> int:

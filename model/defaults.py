@@ -31,7 +31,11 @@ DEFAULT_STATS_IMAGES = 512
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # XLA for the training step (--jit) and where augmentation runs (--augment-on); "auto" decides by
-# the machine (model/training/placement.py says how, and why).
+# the machine (model/runtime.py: resolve_jit and resolve_augment_on say how, and why).
+# Above this feature RMS the original head's first losses run into the tens and hundreds and its
+# training turns unstable (measured: epoch-1 loss 0.6-2.2 at RMS 0.1-0.3, 7-14 at RMS 1, 30-430 at
+# RMS 3-30); train's Setup event says so.
+ORIGINAL_HEAD_RMS_LIMIT = 1.0
 JIT_CHOICES = ("auto", "on", "off")
 PLACEMENTS = ("auto", "host", "device")
 # Automatic steps per training call (--steps-per-call auto): enough steps that a call lasts about

@@ -330,7 +330,7 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
 def cross_validation(folds_records, slim_t7, tmp_path_factory) -> dict:
     """train --folds killed inside fold 2 (in-process, after its first checkpoint), then the same
     command run again (it must skip folds 0-1 and resume fold 2), then evaluate --folds."""
-    from model.evaluation.crossval import train_folds
+    from model.training.folds import train_folds
     from model.training import TrainConfig
 
     records, _ = folds_records
@@ -477,7 +477,7 @@ def test_bad_input_is_one_line_and_exit_2(case, folds_records, aligned_valid_rec
 def test_a_fold_is_finished_only_for_the_fingerprint_train_would_resume(cross_validation, slim_t7):
     """The machine-derived part of the fingerprint (global batch, loss scaling) counts too: a fold
     trained on one replica is not "finished" for a run on two, which `train` would refuse to resume."""
-    from model.evaluation.crossval import _fold_complete, fold_config
+    from model.training.folds import _fold_complete, fold_config
     from model.network.backbone import read_vggface_widths
     from model.training import TrainConfig, checkpoint_state, machine_of
 

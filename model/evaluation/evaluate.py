@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from model.contract import DECISION_THRESHOLD, POSITIVE_CLASS, image_size_of, predicted_labels
+from model.contract import DECISION_THRESHOLD, POSITIVE_CLASS, image_size_of, male_probability, predicted_labels
 from model.errors import ModelError
 from model.progress import Advanced, Ended, Progress, Started
 from pipeline.errors import DataError
@@ -291,11 +291,7 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
         dataset = strategy.distribute_datasets_from_function(dataset_fn, options)
 
         def replica_forward(images):
-            # At the end of the data a replica may get an empty batch; some CPU conv kernels
-            # (oneDNN) reject an empty input, so an empty batch skips the model.
-            return tf.cond(tf.shape(images)[0] > 0,
-                           lambda: tf.cast(model(images, training=False), tf.float32),
-                           lambda: tf.zeros([0, 1], tf.float32))
+            return male_probability(model, images)   # the last replica's batch can be empty
 
         @tf.function(reduce_retracing=True)
         def step(images):

@@ -5,9 +5,6 @@ large folder has been listed and memory does not grow with the number of files f
 A file reached twice (named twice, named and inside a folder given too, in two overlapping
 folders) is classified once. What that takes in memory grows with the paths *named* (on the
 command line and in path lists), never with the files found by searching folders.
-
-Lives in `model/` beside `classify`, whose inputs these are (it was part of model/inference/classify.py);
-`pipeline/preprocess/discover.py` is the other kind of listing, an Adience tree for `preprocess`.
 """
 from __future__ import annotations
 

@@ -3,9 +3,7 @@
 `prepare` runs in classify's thread pool, one file at a time: read and decode the file, and then,
 depending on `faces` (see model.inference.classify), either take the whole file as an aligned crop or find
 its faces (model.inference.faces.detect), align each like Adience's faces (model.inference.faces.align) and skip the small
-ones. Errors become rows, never exceptions: one unreadable file does not stop the others.
-Lives in `model/` because it drives the detector network; the pixel work it calls is `pipeline/`'s.
-"""
+ones. Errors become rows, never exceptions: one unreadable file does not stop the others."""
 from __future__ import annotations
 
 import os

@@ -26,7 +26,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from model.contract import image_size_of, predicted_male
+from model.contract import image_size_of, male_probability, predicted_male
 from model.errors import ModelError
 from model.network.head import OUTPUT_LAYER, is_classifier
 from pipeline.decode import MAX_PIXELS
@@ -238,13 +238,6 @@ def decode_batch(images: tf.Tensor, size: int) -> tf.Tensor:
 
 
 # ------------------------------------------------------------------ the export
-def _call(model: keras.Model, pixels: tf.Tensor) -> tf.Tensor:
-    """The model's [-1, 1] output; an empty batch gives an empty output (the convolutions of
-    TensorFlow 2.21's CPU build fail on a batch of 0 with "input depth must be evenly divisible")."""
-    return tf.cond(tf.shape(pixels)[0] > 0, lambda: tf.cast(model(pixels, training=False), tf.float32),
-                   lambda: tf.zeros([0, 1], tf.float32))
-
-
 def _named(probability: tf.Tensor) -> dict[str, tf.Tensor]:
     probability = tf.reshape(probability, [-1])
     male = tf.cast(predicted_male(probability), tf.int32)
@@ -261,9 +254,9 @@ def export_savedmodel(model: keras.Model, directory: str) -> None:
     pixels = tf.TensorSpec([None, size, size, 3], tf.uint8, name="image")
     encoded = tf.TensorSpec([None], tf.string, name="images")
     endpoints = {
-        SERVING_DEFAULT: (lambda image: _named(_call(model, image)), pixels),
-        SERVE_IMAGES: (lambda images: _named(_call(model, decode_batch(images, size))), encoded),
-        KERAS_SERVE: (lambda image: _call(model, image), pixels),
+        SERVING_DEFAULT: (lambda image: _named(male_probability(model, image)), pixels),
+        SERVE_IMAGES: (lambda images: _named(male_probability(model, decode_batch(images, size))), encoded),
+        KERAS_SERVE: (lambda image: male_probability(model, image), pixels),
     }
     archive = keras.export.ExportArchive()
     archive.track(model)

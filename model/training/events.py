@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Union
 
+from model.defaults import HEAD_ORIGINAL, ORIGINAL_HEAD_RMS_LIMIT
+
 
 @dataclass(frozen=True)
 class Setup:
@@ -47,6 +49,11 @@ class Setup:
     feature_rms: float
     feature_max: float | None         # None: the RMS comes from a checkpoint's statistics
     stats_images: int | None
+
+    @property
+    def original_head_unstable(self) -> bool:
+        """The original head on features this large trains unstably (model/defaults.py)."""
+        return self.head == HEAD_ORIGINAL and self.feature_rms > ORIGINAL_HEAD_RMS_LIMIT
 
 
 @dataclass(frozen=True)

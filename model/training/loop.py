@@ -73,7 +73,7 @@ def collapse_reason(val_loss: float, predicted_male: int, count: int) -> str | N
 def train(config: TrainConfig, progress: events.Progress | None = None,
           strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Train (or resume training) the classifier. `strategy`: one already created from
-    config.strategy (several runs in one process share it: see model/evaluation/crossval.py)."""
+    config.strategy (several runs in one process share it: see model/training/folds.py)."""
     check_config(config)
     # First, before TensorFlow runs anything: MultiWorkerMirroredStrategy must configure the
     # collective ops at start-up.

@@ -40,7 +40,8 @@ class StepFunctions(NamedTuple):
 
 def _placeholder_if_empty(batch: tuple, image_size: int) -> tuple:
     """(images, labels, weights[, draws]) with one black placeholder image of weight 0 when the
-    batch is empty (see the module docstring)."""
+    batch is empty (see the module docstring). Not model.contract.male_probability's skip: a
+    training replica must still run the model to join the gradient all-reduce."""
     images, labels = batch[0], batch[1]
     empty = tf.equal(tf.shape(images)[0], 0)
 

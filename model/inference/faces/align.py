@@ -1,8 +1,7 @@
 """Face alignment like Adience's `landmark_aligned_face.*` crops: eyes level, a square with
 Adience's margin, then the training decode-to-size path.
 
-Lives in `pipeline/` because it is pixel work on decoded images (geometry and resampling, no
-network): it turns a photo plus five landmarks into the same kind of record `preprocess` makes.
+It turns a photo plus five landmarks into the same kind of image `preprocess` makes.
 
 Where Adience puts a face. Adience's alignment code (the `adience_align` package by the dataset's
 authors) fits a 68-point frontal face model, drawn in a 544-px frame, to each face's fiducial

@@ -2,8 +2,6 @@
 so that a person can check the result at a glance: every classified face's box, its five
 landmarks, its index, label and score (P(male)); faces skipped as too small in thin grey; a
 banner for a file classified whole (an aligned crop) or one where no face was found.
-
-Lives in `model/` beside `report.py`: it renders the model's results, as the report's plots do.
 """
 from __future__ import annotations
 

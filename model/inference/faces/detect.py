@@ -9,8 +9,7 @@ in about 0.2 s; the time grows with the photo's area over the square of the smal
 searched for (a 4000×4700 photo takes about 9 s with the default --min-face).
 
 `mtcnn` (and the three small Keras networks it builds) is imported only when the first photo is
-searched, so `classify --faces aligned` and every other command never pay for it. Lives in
-`model/` with the other networks.
+searched, so `classify --faces aligned` and every other command never pay for it.
 """
 from __future__ import annotations
 
