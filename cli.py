@@ -108,27 +108,42 @@ def add_preprocess_parser(sub) -> None:
     p.set_defaults(func=cmd_preprocess)
 
 
-def cmd_preprocess(args, beam_args: list[str]) -> int:
-    from tqdm import tqdm
+class _PreprocessBar:
+    """Renders preprocess's typed events (pipeline/preprocess/events.py) as one tqdm bar on stderr."""
 
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        from pipeline.preprocess import events
+
+        if isinstance(event, events.Started):
+            self.bar = tqdm(total=event.total, unit="img", desc="preprocess", dynamic_ncols=True)
+        elif isinstance(event, events.Advanced) and self.bar is not None:
+            self.bar.update(event.done - self.bar.n)
+        elif isinstance(event, events.Committed):
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_preprocess(args, beam_args: list[str]) -> int:
     from pipeline.preprocess.job import run_preprocess
 
     _check_outputs([(args.output, "dir", "-o")], [(args.input, "-i")])
-    bars = []   # created at the first report, once the total is known
-
-    def progress(p: dict) -> None:
-        if not bars:
-            bars.append(tqdm(total=p["total"], unit="img", desc="preprocess", dynamic_ncols=True))
-        bars[0].update(p["done"] - bars[0].n)
-
+    bar = _PreprocessBar()
     try:
         s = run_preprocess(args.input, args.output, image_size=args.image_size,
                            train_shards=args.train_shards, valid_shards=args.valid_shards,
-                           beam_args=beam_args, overwrite=args.overwrite, progress=progress,
+                           beam_args=beam_args, overwrite=args.overwrite, progress=bar,
                            layout=args.layout, fold_shards=args.fold_shards)
     finally:
-        for bar in bars:
-            bar.close()
+        bar.close()
     folds = s.layout == "adience-folds"
     inputs = "fold-file rows" if folds else "files"
     print(f"wrote {s.written} records from {s.found} {inputs} in {s.root} to {s.out} "
