@@ -233,7 +233,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 on GPUs of compute capability >= 8.0, fp16 on 7.x, float32 on CPU")
     p.add_argument("--strategy", choices=STRATEGIES, default="auto",
-                   help="auto: multiworker when TF_CONFIG names a cluster, mirrored on several GPUs, else default")
+                   help="auto: multiworker when TF_CONFIG names a cluster or srun runs several tasks (SLURM), "
+                        "mirrored on several GPUs, else default")
     p.add_argument("--jit", choices=JIT_CHOICES, default="auto",
                    help="compile the training step with XLA: auto (default) = on with a GPU, off on a CPU")
     p.add_argument("--augment-on", choices=PLACEMENTS, default="auto",
