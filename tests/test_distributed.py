@@ -169,7 +169,8 @@ def test_slurm_task_count(monkeypatch):
 def test_evaluate_refuses_a_multi_task_srun_in_one_line(monkeypatch, tmp_path):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
-    proc = subprocess.run([*CLI, "evaluate", "-m", str(tmp_path / "m.keras"), "-i", str(tmp_path)],
+    (tmp_path / "records").mkdir()
+    proc = subprocess.run([*CLI, "evaluate", "-m", str(tmp_path / "m.keras"), "-i", str(tmp_path / "records")],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
