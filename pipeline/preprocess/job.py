@@ -28,35 +28,31 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import threading
 import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline.errors import DataError
 from pipeline.folds import FOLD_SPLITS
 from pipeline.manifest import Manifest
-from pipeline.preprocess.beam_files import (TempFolder, check_free_space, output_error, pipeline_failure, read_file,
+from pipeline.preprocess.beam_files import (TempFolder, check_free_space, output_error,
                                             remove_stale_temp_folders)
 from pipeline.preprocess.commit import commit, existing_outputs, write_launcher_file
 from pipeline.preprocess.discover import Discovery, discover
-from pipeline.preprocess.events import Advanced, Committed, Progress, Started
-from pipeline.preprocess.graph import METRICS_NAMESPACE, PLAN_NAME, PROGRESS_DIR, SUMMARY_DIR, build_graph
+from pipeline.preprocess.events import Advanced, Committed, Progress
+from pipeline.preprocess.execute import Job, read_json_files
+from pipeline.preprocess.graph import PLAN_NAME, SUMMARY_DIR
 from pipeline.preprocess.reconcile import files_per_worker, reason_kind, reconcile
-from pipeline.preprocess.runners import DASK, DIRECT, RunnerChoice, choose_runner, local_runner, workers_can_import_us
+from pipeline.preprocess.runners import choose_runner
 from pipeline.schema import CHANNELS, DEFAULT_IMAGE_SIZE, LAYOUT_ALIGNED_VALID, LAYOUT_FOLDS, REJECTS_NAME
 
 # Default shard size: about this many bytes of raw pixels per shard (the TFRecord guide's
 # 100-200 MB), and at least two shards per split so that two workers have something to do.
 TARGET_SHARD_BYTES = 128 * 1024 * 1024
 MIN_SHARDS = 2
-POLL_SECONDS = 0.5
 # Bytes a record adds to its pixels (protobuf fields, the path, TFRecord framing), for the
 # free-space check; generous (a path of 200 characters and the framing are about 260 bytes).
 RECORD_OVERHEAD_BYTES = 512
@@ -107,19 +103,6 @@ def default_shards(count: int, image_size: int) -> int:
     """About TARGET_SHARD_BYTES of raw pixels per shard, at least MIN_SHARDS (fewer only if fewer files)."""
     raw = count * image_size * image_size * CHANNELS
     return max(1, min(count, max(MIN_SHARDS, math.ceil(raw / TARGET_SHARD_BYTES))))
-
-
-def _read_json_files(folder: str) -> dict[str, dict]:
-    """name -> parsed JSON of every file in a folder; files being rewritten right now are skipped."""
-    from pipeline.preprocess import beam_files
-
-    bodies = {}
-    for name in beam_files.list_names(folder):
-        try:
-            bodies[name] = json.loads(read_file(FileSystems.join(folder, name)))
-        except Exception:  # noqa: BLE001 - a heartbeat caught mid-write: use the next poll's value
-            continue
-    return bodies
 
 
 def _shard_counts(discovery: Discovery, image_size: int, requested: dict[str, int | None]) -> dict[str, int]:
@@ -195,9 +178,9 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
         plan_summary = {"root": root, "layout": discovery.layout, "files": total, "shards": shard_counts}
         write_launcher_file(out, FileSystems.join(temp.path, PLAN_NAME),
                             json.dumps(plan_summary, sort_keys=True).encode("utf-8"))
-        job = _Job(plan, root, temp.path, image_size, total, start, progress)
+        job = Job(plan, root, temp.path, image_size, total, start, progress)
         runner, counters = job.run(choice)
-        summaries = _read_json_files(FileSystems.join(temp.path, SUMMARY_DIR))
+        summaries = read_json_files(FileSystems.join(temp.path, SUMMARY_DIR))
         failed = sorted(body["error"] for body in summaries.values() if body.get("error"))
         if failed:
             raise DataError(f"{failed[0]} in {out}; nothing was replaced (free space or fix the folder, then rerun)")
@@ -222,124 +205,3 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
 
 # The check, by this name, so that a test can make it fail.
 _reconcile = reconcile
-
-
-def _runner_failure(err: BaseException, out: str) -> BaseException:
-    """A runner's error as the command says it: a cluster whose workers kept dying on a task
-    (Dask's KilledWorker, after its retries) is one line; see also beam_files.pipeline_failure."""
-    if type(err).__name__ == "KilledWorker":
-        return DataError(f"the Dask workers running a shard kept dying ({str(err).splitlines()[0]}); nothing "
-                         f"was replaced in {out}: check the workers' memory and logs, then rerun")
-    return pipeline_failure(err, out)
-
-
-@dataclass
-class _Job:
-    """One run of the graph on a runner, while the launcher reports progress from the heartbeats."""
-
-    plan: list
-    root: str
-    tmp: str
-    image_size: int
-    total: int
-    start: float
-    progress: Progress | None
-
-    def run(self, choice: RunnerChoice) -> tuple[str, dict | None]:
-        """(the runner as the summary names it, Beam's counters or None)."""
-        if choice.kind == DASK:
-            return self._run_on_dask(choice)
-        options = choice.options()
-        runner = local_runner(options) if choice.kind == DIRECT else None
-        return choice.description, self._run_pipeline(beam.Pipeline(runner=runner, options=options),
-                                                      choice.description, False)
-
-    def _run_on_dask(self, choice: RunnerChoice) -> tuple[str, dict | None]:
-        from apache_beam.runners.dask.dask_runner import DaskOptions
-
-        from pipeline.preprocess.dask_cluster import dask_cluster
-        from pipeline.preprocess.worker_checks import check_workers
-
-        d = choice.options().view_as(DaskOptions)
-        timeout = d.timeout if isinstance(d.timeout, (int, float)) else None
-        with dask_cluster(d.address, d.scheduler_file, timeout) as cluster:
-            sample = [FileSystems.join(self.root, items[0][0]) for _, items in self.plan if items][:1]
-            check_workers(cluster.client, [self.root, *sample], [FileSystems.join(self.tmp, PLAN_NAME)])
-            extra = []
-            if d.address is None and d.scheduler_file is None:
-                extra.append(f"--dask_client_address={cluster.address}")     # the LocalCluster
-            if not {"--dask_npartitions", "--dask_partition_size"} & choice.given:
-                extra.append(f"--dask_npartitions={len(self.plan)}")        # a partition per shard
-            pipeline = beam.Pipeline(options=choice.options(*extra))
-            description = cluster.describe()
-            return description, self._run_pipeline(pipeline, description, True)
-
-    def _run_pipeline(self, pipeline: beam.Pipeline, description: str, one_element_per_shard: bool):
-        """Run the graph in a background thread while this thread reports progress; Ctrl-C here
-        cancels a cluster's tasks (a local runner's workers end with the terminal's signal)."""
-        build_graph(pipeline, self.plan, self.root, self.tmp, self.image_size, one_element_per_shard)
-        outcome: dict = {}
-        thread = threading.Thread(target=_run_in_thread, args=(pipeline, outcome), name="beam-preprocess", daemon=True)
-        thread.start()
-        if self.progress is not None:
-            self.progress(Started(self.total, description))
-        try:
-            self._report_until_done(thread)
-        except BaseException:
-            _cancel(outcome.get("result"))
-            raise
-        if "error" in outcome:
-            raise _runner_failure(outcome["error"], self.tmp.rsplit("/", 1)[0])
-        try:
-            query = outcome["result"].metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-            return {c.key.metric.name: int(c.committed) for c in query["counters"]}
-        except Exception:  # noqa: BLE001 - some runners (Dask) answer no metrics queries
-            return None
-
-    def _report_until_done(self, thread: threading.Thread) -> None:
-        progress_dir = FileSystems.join(self.tmp, PROGRESS_DIR)
-        summary_dir = FileSystems.join(self.tmp, SUMMARY_DIR)
-        reported = 0
-        while thread.is_alive():
-            thread.join(POLL_SECONDS)
-            if self.progress is not None and thread.is_alive():
-                beats = _read_json_files(progress_dir)
-                beats.update({k: {"done": v.get("assigned", 0)} for k, v in _read_json_files(summary_dir).items()})
-                # A shard retried elsewhere (a lost worker) starts again from 0: never report less.
-                reported = max(reported, min(self.total, sum(int(b.get("done", 0)) for b in beats.values())))
-                self.progress(Advanced(reported, self.total, reported / max(time.monotonic() - self.start, 1e-9)))
-
-
-def _run_in_thread(pipeline: beam.Pipeline, outcome: dict) -> None:
-    if hasattr(signal, "pthread_sigmask"):
-        # The worker processes this thread starts inherit its signal mask: SIGINT blocked, so a
-        # Ctrl-C during a worker's start-up waits until the worker lets it end it, silently
-        # (pipeline.preprocess.worker). Signals still reach the launcher's main thread.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        with workers_can_import_us():
-            result = pipeline.run()
-            outcome["result"] = result
-            try:
-                result.wait_until_finish()
-            finally:
-                _close_client(result)
-    except BaseException as err:  # noqa: BLE001 - re-raised in the launching thread
-        outcome["error"] = err
-
-
-def _close_client(result) -> None:
-    """Beam's DaskRunner opens a Dask client per run and never closes it."""
-    client = getattr(result, "client", None)
-    if client is not None:
-        client.close()
-
-
-def _cancel(result) -> None:
-    """Cancel the tasks a cluster has not run yet (a running task stops at its next heartbeat,
-    when it finds the temp folder gone: graph.WriteShard)."""
-    if result is not None and hasattr(result, "client"):
-        try:
-            result.cancel()
-        finally:
-            _close_client(result)
