@@ -161,14 +161,49 @@ def test_workers_that_cannot_see_the_paths_are_one_line(tree, tmp_path):
     assert "cannot see the input" in line and "gs://" in line and "same path" in line
 
 
-def test_a_killed_worker_loses_nothing(cluster, tmp_path):
+@pytest.fixture(scope="module")
+def big_tree(tmp_path_factory) -> str:
+    """Shards of about 300 files at 256 px: a few seconds each, long enough to act mid-shard."""
+    from pipeline.synthetic.tree import make_adience_tree
+
+    root = str(tmp_path_factory.mktemp("dask_big_tree"))
+    make_adience_tree(root, n_train=600, n_valid=20, image_size=256, seed=2, bad_files=False, variety=False)
+    return root
+
+
+def _first_heartbeat(out, proc) -> dict:
+    """The first progress file a worker writes (after a second of work on a shard)."""
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        for beat in glob.glob(str(out / ".tmp-*" / "progress" / "train-*.json")):
+            try:
+                return json.load(open(beat))
+            except (OSError, ValueError):
+                continue
+        time.sleep(0.05)
+    raise AssertionError("no worker reported progress before the run ended")
+
+
+def test_ctrl_c_cancels_the_clusters_tasks(cluster, big_tree, tmp_path):
+    out = tmp_path / "records"
+    proc = subprocess.Popen([*CLI, "preprocess", "-i", big_tree, "-o", str(out), "--train-shards", "2",
+                             "--runner", "dask", "--dask_client_address", cluster.address],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+    _first_heartbeat(out, proc)
+    os.killpg(proc.pid, signal.SIGINT)      # what Ctrl-C does to the command (the workers run elsewhere)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert "preprocess: interrupted; the previous output in OUT (if any) is untouched" in stderr
+    time.sleep(2)        # a task that was running stops at its next heartbeat, writing nothing
+    assert os.listdir(out) == []
+    cluster.wait_for_workers(2)             # the workers live on, ready for the next run
+
+
+def test_a_killed_worker_loses_nothing(cluster, big_tree, tmp_path):
     """A worker killed in the middle of a shard: Dask runs the shard again on a worker (the
     nanny restarts the killed one); or, if it cannot, one line with the previous output kept.
     Either way OUT ends with exactly the reference bytes."""
-    from pipeline.synthetic.tree import make_adience_tree
-
-    root = str(tmp_path / "tree")
-    make_adience_tree(root, n_train=600, n_valid=20, image_size=256, seed=2, bad_files=False, variety=False)
+    root = big_tree
     out = tmp_path / "records"
     ref = _preprocess("-i", root, "-o", str(out), "--train-shards", "2")
     assert ref.returncode == 0, ref.stderr
@@ -176,16 +211,7 @@ def test_a_killed_worker_loses_nothing(cluster, tmp_path):
     proc = subprocess.Popen([*CLI, "preprocess", "-i", root, "-o", str(out), "--train-shards", "2", "--overwrite",
                              "--runner", "dask", "--dask_client_address", cluster.address],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    deadline, victim = time.monotonic() + 120, None
-    while victim is None and proc.poll() is None and time.monotonic() < deadline:
-        for beat in glob.glob(str(out / ".tmp-*" / "progress" / "train-*.json")):
-            try:
-                victim = int(json.load(open(beat))["worker"].rsplit(":", 1)[1])
-                break
-            except (OSError, ValueError, KeyError):
-                continue
-        time.sleep(0.05)
-    assert victim is not None, "no worker reported progress before the run ended"
+    victim = int(_first_heartbeat(out, proc)["worker"].rsplit(":", 1)[1])
     os.kill(victim, signal.SIGKILL)       # the worker process (its nanny, started by this test, lives on)
     stdout, stderr = proc.communicate(timeout=180)
     if proc.returncode == 0:
