@@ -39,9 +39,13 @@ class Cluster:
         self.procs: list[subprocess.Popen] = []
         self._start(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
                     "scheduler")
-        for index in range(workers):
-            self._start_worker(index, wrap or [])
-        self.wait_for_workers(workers)
+        try:
+            for index in range(workers):
+                self._start_worker(index, wrap or [])
+            self.wait_for_workers(workers)
+        except BaseException:
+            self.stop()     # nothing left running when a worker cannot start
+            raise
 
     def _start(self, args: list[str], name: str, prefix: list[str] = ()) -> subprocess.Popen:
         log = open(os.path.join(self.log_dir, f"{name}.log"), "w")
