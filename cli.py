@@ -84,7 +84,8 @@ def add_preprocess_parser(sub) -> None:
         "preprocess", help="Beam job: Adience folders -> sharded TFRecords",
         description="Decode and resize every face once, in parallel on any Beam runner, into sharded "
                     "TFRecords of uint8 BGR images plus manifest.json and rejects.jsonl. Options not "
-                    "listed here go to Beam's PipelineOptions (e.g. --runner=DataflowRunner "
+                    "listed here go to Beam's PipelineOptions (e.g. --runner dask "
+                    "--dask_client_address tcp://HOST:8786 for a Dask cluster, or --runner=DataflowRunner "
                     "--project=... --region=... --temp_location=gs://...); the default is the "
                     "DirectRunner on every local core.")
     p.add_argument("-i", "--input", required=True, metavar="ROOT",
