@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml requirements.lock
 		rm -rf $(VENV); fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[test,bench]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[test,bench,dask]"
 	touch $(STAMP)
 
 test: $(STAMP)

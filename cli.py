@@ -114,7 +114,8 @@ def add_preprocess_parser(sub) -> None:
         "preprocess", help="Beam job: Adience folders -> sharded TFRecords",
         description="Decode and resize every face once, in parallel on any Beam runner, into sharded "
                     "TFRecords of uint8 BGR images plus manifest.json and rejects.jsonl. Options not "
-                    "listed here go to Beam's PipelineOptions (e.g. --runner=DataflowRunner "
+                    "listed here go to Beam's PipelineOptions (e.g. --runner dask "
+                    "--dask_client_address tcp://HOST:8786 for a Dask cluster, or --runner=DataflowRunner "
                     "--project=... --region=... --temp_location=gs://...); the default is the "
                     "DirectRunner on every local core.")
     p.add_argument("-i", "--input", required=True, metavar="ROOT",
@@ -139,27 +140,42 @@ def add_preprocess_parser(sub) -> None:
     p.set_defaults(func=cmd_preprocess)
 
 
-def cmd_preprocess(args, beam_args: list[str]) -> int:
-    from tqdm import tqdm
+class _PreprocessBar:
+    """Renders preprocess's typed events (pipeline/preprocess/events.py) as one tqdm bar on stderr."""
 
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        from pipeline.preprocess import events
+
+        if isinstance(event, events.Started):
+            self.bar = tqdm(total=event.total, unit="img", desc="preprocess", dynamic_ncols=True)
+        elif isinstance(event, events.Advanced) and self.bar is not None:
+            self.bar.update(event.done - self.bar.n)
+        elif isinstance(event, events.Committed):
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_preprocess(args, beam_args: list[str]) -> int:
     from pipeline.preprocess.job import run_preprocess
 
     _check_outputs([(args.output, "dir", "-o")], [(args.input, "-i")])
-    bars = []   # created at the first report, once the total is known
-
-    def progress(p: dict) -> None:
-        if not bars:
-            bars.append(tqdm(total=p["total"], unit="img", desc="preprocess", dynamic_ncols=True))
-        bars[0].update(p["done"] - bars[0].n)
-
+    bar = _PreprocessBar()
     try:
         s = run_preprocess(args.input, args.output, image_size=args.image_size,
                            train_shards=args.train_shards, valid_shards=args.valid_shards,
-                           beam_args=beam_args, overwrite=args.overwrite, progress=progress,
+                           beam_args=beam_args, overwrite=args.overwrite, progress=bar,
                            layout=args.layout, fold_shards=args.fold_shards)
     finally:
-        for bar in bars:
-            bar.close()
+        bar.close()
     folds = s.layout == "adience-folds"
     inputs = "fold-file rows" if folds else "files"
     print(f"wrote {s.written} records from {s.found} {inputs} in {s.root} to {s.out} "
@@ -249,7 +265,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 on GPUs of compute capability >= 8.0, fp16 on 7.x, float32 on CPU")
     p.add_argument("--strategy", choices=STRATEGIES, default="auto",
-                   help="auto: multiworker when TF_CONFIG names a cluster, mirrored on several GPUs, else default")
+                   help="auto: multiworker when TF_CONFIG names a cluster or srun runs several tasks (SLURM), "
+                        "mirrored on several GPUs, else default")
     p.add_argument("--jit", choices=JIT_CHOICES, default="auto",
                    help="compile the training step with XLA: auto (default) = on with a GPU, off on a CPU")
     p.add_argument("--augment-on", choices=PLACEMENTS, default="auto",

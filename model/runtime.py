@@ -42,6 +42,61 @@ def cluster_task_count(cluster: dict) -> int:
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
+# SLURM: the port of a job's first task on each node, spread by job id so that two jobs sharing a
+# node do not collide (up to PORTS_PER_JOB tasks per node).
+SLURM_PORT_BASE = 12000
+SLURM_PORT_JOBS = 5000
+PORTS_PER_JOB = 8
+
+
+def slurm_task_count(env=None) -> int:
+    """Tasks of the SLURM job step this process is one of (1 outside SLURM). SLURM_STEP_NUM_TASKS
+    is set inside `srun`; SLURM_NTASKS alone (an sbatch script's own shell, no srun) counts the
+    allocation's tasks, not processes that run this command, so it counts only within a step."""
+    env = os.environ if env is None else env
+    raw = env.get("SLURM_STEP_NUM_TASKS") or (env.get("SLURM_NTASKS") if env.get("SLURM_STEP_ID") else None)
+    try:
+        return int(raw) if raw else 1
+    except ValueError:
+        raise ModelError(f"SLURM_STEP_NUM_TASKS/SLURM_NTASKS is not a number ({raw!r}); run inside srun") from None
+
+
+def cluster_tasks() -> int:
+    """Processes that together run one command: TF_CONFIG's cluster, else the SLURM job step."""
+    tf_config = cluster_task_count(cluster_from_env())
+    return tf_config if tf_config else slurm_task_count()
+
+
+class SlurmResolver(tf.distribute.cluster_resolver.SlurmClusterResolver):
+    """TensorFlow's SLURM resolver (tasks, hosts and this task's rank from SLURM's step variables:
+    SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_STEP_NODELIST, SLURM_STEP_TASKS_PER_NODE), with two
+    changes. The GPUs are those TensorFlow sees (SLURM's --gpus-per-task binds them per task through
+    CUDA_VISIBLE_DEVICES): the parent asks nvidia-smi, absent on a CPU node, and hands out no task
+    slot at all when a node has no GPU. And the port is spread by SLURM_JOB_ID (two jobs on a node)."""
+
+    def __init__(self):
+        self._local_gpus = len(tf.config.list_physical_devices("GPU"))
+        job = int(os.environ.get("SLURM_JOB_ID", "0") or 0)
+        # "2(x3),1": 2 tasks on each of 3 nodes, then 1; the parent gives a node one task slot per
+        # gpus_per_task GPUs, so the (nominal) GPUs per node must cover the most tasks on a node.
+        most_here = max(int(part.split("(")[0]) for part in os.environ.get("SLURM_STEP_TASKS_PER_NODE", "1").split(","))
+        per_task = max(1, self._local_gpus)
+        super().__init__(port_base=SLURM_PORT_BASE + (job % SLURM_PORT_JOBS) * PORTS_PER_JOB,
+                         gpus_per_node=per_task * most_here, gpus_per_task=per_task, auto_set_gpu=False)
+
+    def num_accelerators(self, task_type=None, task_id=None, config_proto=None):
+        return {"GPU": self._local_gpus}
+
+
+def _multi_worker(slurm: bool) -> tf.distribute.Strategy:
+    where = "the SLURM job step (run under srun: SLURM_PROCID, SLURM_STEP_NODELIST...)" if slurm else \
+        "TF_CONFIG (every worker listed, this task's type and index)"
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=SlurmResolver() if slurm else None)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ModelError(f"cannot start MultiWorkerMirroredStrategy ({err}); check {where}") from None
+
+
 def _local_devices() -> list[str]:
     """Local devices for MirroredStrategy: every GPU, else every (logical) CPU device."""
     gpus = tf.config.list_logical_devices("GPU")
@@ -51,24 +106,22 @@ def _local_devices() -> list[str]:
 
 
 def select_strategy(name: str = "auto") -> tf.distribute.Strategy:
-    """auto: MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of more than one task,
-    MirroredStrategy on several local GPUs, else the default strategy; or force one by name."""
+    """auto: MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of more than one task, or
+    when this is one of several tasks of a SLURM job step (srun: SlurmResolver, TF_CONFIG wins when
+    both are set), MirroredStrategy on several local GPUs, else the default strategy; or force one."""
     if name not in STRATEGIES:
         raise ModelError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    tf_config = cluster_task_count(cluster_from_env())   # a malformed TF_CONFIG is bad input, not a traceback
+    slurm = not tf_config and slurm_task_count() > 1
     if name == "auto":
-        if cluster_task_count(cluster_from_env()) > 1:
+        if tf_config > 1 or slurm:
             name = "multiworker"
         elif len(tf.config.list_physical_devices("GPU")) > 1:
             name = "mirrored"
         else:
             name = "default"
     if name == "multiworker":
-        cluster_from_env()  # a malformed TF_CONFIG is bad input, not a traceback
-        try:
-            return tf.distribute.MultiWorkerMirroredStrategy()
-        except (RuntimeError, ValueError) as err:
-            raise ModelError(f"cannot start MultiWorkerMirroredStrategy ({err}); check TF_CONFIG "
-                             f"(every worker listed, this task's type and index)") from None
+        return _multi_worker(slurm)
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(devices=_local_devices())
     return tf.distribute.get_strategy()

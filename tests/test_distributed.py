@@ -152,3 +152,77 @@ def test_two_worker_processes_end_with_identical_weights(records_dir, slim_t7, t
     assert tf.train.latest_checkpoint(str(tmp_path / "mw" / "m.ckpt"))
     assert not (tmp_path / "mw" / "m.ckpt.worker1.tmp").exists()
     assert f"model: {output}" in outputs[0] and f"model: {output}" not in outputs[1]
+
+
+def test_slurm_task_count(monkeypatch):
+    from model.runtime import slurm_task_count
+
+    assert slurm_task_count({}) == 1
+    assert slurm_task_count({"SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "8"}) == 4
+    # An sbatch script's own shell (no srun step): the allocation's tasks are not this command's.
+    assert slurm_task_count({"SLURM_NTASKS": "8", "SLURM_JOB_ID": "7"}) == 1
+    assert slurm_task_count({"SLURM_NTASKS": "3", "SLURM_STEP_ID": "0"}) == 3
+    with pytest.raises(ModelError, match="not a number"):
+        slurm_task_count({"SLURM_STEP_NUM_TASKS": "two"})
+
+
+def test_evaluate_refuses_a_multi_task_srun_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    (tmp_path / "records").mkdir()
+    proc = subprocess.run([*CLI, "evaluate", "-m", str(tmp_path / "m.keras"), "-i", str(tmp_path / "records")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: evaluate runs on one machine (one or several GPUs: --strategy auto or mirrored); unset TF_CONFIG "
+        "for it, or run it as one task (srun -n 1)"]
+
+
+def _slurm_job_with_free_ports(tasks: int) -> int:
+    """A SLURM_JOB_ID whose task ports (model.runtime.SlurmResolver) are free on 127.0.0.1."""
+    from model.runtime import PORTS_PER_JOB, SLURM_PORT_BASE, SLURM_PORT_JOBS
+
+    for job in range(1000 + os.getpid() % 3000, 1000 + os.getpid() % 3000 + SLURM_PORT_JOBS):
+        base = SLURM_PORT_BASE + (job % SLURM_PORT_JOBS) * PORTS_PER_JOB
+        try:
+            for port in range(base, base + tasks):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return job
+    raise RuntimeError("no free ports")
+
+
+def test_two_slurm_tasks_end_with_identical_weights(records_dir, slim_t7, tmp_path):
+    """What `srun -n 2 python cli.py train ...` gives each task: SLURM's step variables, no TF_CONFIG.
+    TensorFlow's SlurmClusterResolver reads them (TF 2.21's expands SLURM_STEP_NODELIST itself:
+    it runs no `scontrol`)."""
+    output = tmp_path / "slurm" / "m.keras"
+    command = [*CLI, "train", "-w", slim_t7, "-i", records_dir, "-o", str(output), "-e", "1", "-b1", "8",
+               "--no-augment", "--checkpoint-every", "4"]
+    base = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and not k.startswith("SLURM_")}
+    step = {"SLURM_JOB_ID": str(_slurm_job_with_free_ports(2)), "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2",
+            "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_STEP_TASKS_PER_NODE": "2",
+            "SLURM_NODELIST": "127.0.0.1"}
+    tasks = [subprocess.Popen(command, env={**base, **step, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
+    outputs = []
+    try:
+        for task in tasks:
+            stdout, stderr = task.communicate(timeout=400)
+            assert task.returncode == 0, stderr[-3000:]
+            outputs.append(stdout)
+    finally:
+        for task in tasks:
+            if task.poll() is None:
+                task.kill()
+    digests = [re.search(r"^final weights digest: ([0-9a-f]{64})$", out, re.M).group(1) for out in outputs]
+    assert digests[0] == digests[1]
+    for index, out in enumerate(outputs):
+        assert "MultiWorkerMirroredStrategy, 2 replica(s) on 2 worker(s)" in out
+        assert f"this is worker {index}" in out
+    assert "(chief)" in outputs[0] and "the chief writes the outputs" in outputs[1]
+    assert output.exists() and tf.train.latest_checkpoint(str(tmp_path / "slurm" / "m.ckpt"))
+    assert f"model: {output}" in outputs[0] and f"model: {output}" not in outputs[1]

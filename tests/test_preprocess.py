@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.preprocess import job as beam_job
+from pipeline.preprocess.events import Advanced, Committed, Started
 from pipeline.preprocess.job import default_shards, run_preprocess
 from pipeline.decode import decode_image
 from pipeline.errors import DataError
@@ -191,10 +192,13 @@ def test_progress_reaches_the_total(adience_root, multi_process_run):
     _, _, reports = multi_process_run
     # The files handed to the workers: all but those in a badly named folder.
     total = expected.found - sum(1 for kind in expected.rejects.values() if kind == "bad_folder")
-    assert reports and all(r["total"] == total for r in reports)
-    done = [r["done"] for r in reports]
+    assert isinstance(reports[0], Started) and reports[0].total == total
+    assert isinstance(reports[-1], Committed) and reports[-1].written == expected.good
+    advanced = [r for r in reports if isinstance(r, Advanced)]
+    assert advanced and all(r.total == total for r in advanced)
+    done = [r.done for r in advanced]
     assert done == sorted(done) and done[-1] == total
-    assert reports[-1]["rate"] > 0
+    assert advanced[-1].rate > 0
 
 
 def test_default_shard_counts():

@@ -49,7 +49,7 @@ def test_readme_command_parses(command):
     args, extra = cli.build_parser().parse_known_args(argv)
     if args.command == "preprocess":
         # Options the command does not know go to Beam, which must know them.
-        from pipeline.preprocess.job import _beam_options
-        _beam_options(extra)
+        from pipeline.preprocess.runners import choose_runner
+        choose_runner(extra)
     else:
         assert extra == [], f"unknown options in the README: {extra}"

@@ -183,7 +183,7 @@ def resolve_splits(records_dir: str, split: str) -> list[str]:
 
 
 _ONE_MACHINE = ("evaluate runs on one machine (one or several GPUs: `strategy` auto or mirrored); "
-                "unset TF_CONFIG for it")
+                "unset TF_CONFIG for it, or run it as one task (srun -n 1)")
 
 
 def _check_single_machine(strategy) -> None:
@@ -352,14 +352,14 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
              memory: str = "low", strategy: str = "auto", progress: Progress | None = None) -> Evaluation:
     """Load a classifier, score the split(s) of a records directory, compute the metrics."""
     from model.network.head import load_classifier
-    from model.runtime import cluster_from_env, cluster_task_count, select_strategy
+    from model.runtime import cluster_tasks, select_strategy
     from pipeline.schema import MEMORY_MODES
 
     if memory not in MEMORY_MODES:
         raise DataError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
-    if strategy == "multiworker" or (strategy == "auto" and cluster_task_count(cluster_from_env()) > 1):
+    if strategy == "multiworker" or (strategy == "auto" and cluster_tasks() > 1):
         raise ModelError(_ONE_MACHINE)
     splits = resolve_splits(records_dir, split)
     chosen = select_strategy(strategy)
