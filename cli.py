@@ -152,7 +152,9 @@ class _PreprocessBar:
         from pipeline.preprocess import events
 
         if isinstance(event, events.Started):
-            self.bar = tqdm(total=event.total, unit="img", desc="preprocess", dynamic_ncols=True)
+            # disable=None: a bar on a terminal only, as the scoring bars (a log gets the summary).
+            self.bar = tqdm(total=event.total, unit="img", desc="preprocess", file=sys.stderr, dynamic_ncols=True,
+                            disable=None)
         elif isinstance(event, events.Advanced) and self.bar is not None:
             self.bar.update(event.done - self.bar.n)
         elif isinstance(event, events.Committed):

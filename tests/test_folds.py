@@ -252,8 +252,8 @@ def test_layouts_detected_forced_and_refused(tmp_path, aligned_valid_records):
     with pytest.raises(DataError, match="lacks fold_4_data.txt"):
         run_preprocess(str(root), str(tmp_path / "y"), beam_args=IN_MEMORY)
     (tmp_path / "neither").mkdir()
-    with pytest.raises(DataError, match="has neither aligned/ nor valid/ nor fold_K_data.txt.*--layout aligned-valid"
-                                        ".*--layout adience-folds"):
+    with pytest.raises(DataError, match="has neither aligned/ nor valid/ nor fold_K_data.txt.*`layout` aligned-valid"
+                                        ".*`layout` adience-folds"):
         run_preprocess(str(tmp_path / "neither"), str(tmp_path / "z"), beam_args=IN_MEMORY)
 
 

@@ -246,7 +246,7 @@ def test_rerun_without_overwrite_refuses_and_keeps_the_old_output(tiny_root, tmp
     out = str(tmp_path / "out")
     run_preprocess(root, out, image_size=48, beam_args=IN_MEMORY)
     before = output_bytes(out)
-    with pytest.raises(DataError, match="already holds records.*--overwrite"):
+    with pytest.raises(DataError, match="already holds records.*`overwrite`"):
         run_preprocess(root, out, image_size=32, beam_args=IN_MEMORY)
     assert output_bytes(out) == before
 
@@ -283,7 +283,7 @@ def test_a_failed_run_leaves_the_old_output_untouched(tiny_root, tmp_path, monke
 
 def test_bad_shard_counts_are_refused(tiny_root, tmp_path):
     root, _ = tiny_root
-    with pytest.raises(DataError, match="--train-shards must be at least 1"):
+    with pytest.raises(DataError, match="`train_shards` must be at least 1"):
         run_preprocess(root, str(tmp_path / "out"), train_shards=0, beam_args=IN_MEMORY)
 
 

@@ -22,7 +22,7 @@ FOLDER_PATTERN = re.compile(r"^(\d+)_([" + "".join(GENDER_CODES) + r"])$")
 LAYOUT_HINT = "expected the agegender_cleaned layout ROOT/aligned/<age>_<F|M>/*.jpg"
 FOLDS_HINT = (f"the official distribution ROOT/{FOLD_FILE.format(k=0)} … {FOLD_FILE.format(k=N_FOLDS - 1)} with "
               f"ROOT/aligned/<user_id>/landmark_aligned_face.<face_id>.<original_image>")
-BOTH_HINT = f"{LAYOUT_HINT} (--layout {LAYOUT_ALIGNED_VALID}) or {FOLDS_HINT} (--layout {LAYOUT_FOLDS})"
+BOTH_HINT = f"{LAYOUT_HINT} (`layout` {LAYOUT_ALIGNED_VALID}) or {FOLDS_HINT} (`layout` {LAYOUT_FOLDS})"
 MISSING_IMAGE_REASON = "missing image"
 BAD_FOLDER_REASON = "in a folder whose name is not <age>_<F|M>"
 MISPLACED_REASON = "not directly inside an <age>_<F|M> folder"
@@ -95,7 +95,7 @@ def detect_layout(root: str) -> str:
 def discover(root: str, layout: str = "auto") -> Discovery:
     """The inputs of ROOT in the given layout ("auto": detect_layout decides)."""
     if layout not in ("auto", *LAYOUTS):
-        raise DataError(f"unknown layout {layout!r}; choose auto, {', '.join(LAYOUTS)}")
+        raise DataError(f"unknown `layout` {layout!r}; choose auto, {', '.join(LAYOUTS)}", field="layout")
     if layout == "auto":
         layout = detect_layout(root)
     return discover_folds(root) if layout == LAYOUT_FOLDS else discover_aligned_valid(root)

@@ -129,10 +129,10 @@ def _plan(discovery: Discovery, shard_counts: dict[str, int]):
 
 def _check_arguments(image_size: int, shards: dict[str, int | None]) -> None:
     if image_size < 1:
-        raise DataError(f"--image-size must be a positive number of pixels, got {image_size}")
-    for flag, value in shards.items():
+        raise DataError(f"`image_size` must be a positive number of pixels, got {image_size}", field="image_size")
+    for name, value in shards.items():
         if value is not None and value < 1:
-            raise DataError(f"{flag} must be at least 1, got {value}")
+            raise DataError(f"`{name}` must be at least 1, got {value}", field=name)
 
 
 def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, train_shards: int | None = None,
@@ -149,19 +149,19 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
     Advanced about twice a second, then Committed.
     """
     start = time.monotonic()
-    _check_arguments(image_size, {"--train-shards": train_shards, "--valid-shards": valid_shards,
-                                  "--fold-shards": fold_shards})
+    _check_arguments(image_size, {"train_shards": train_shards, "valid_shards": valid_shards,
+                                  "fold_shards": fold_shards})
     out = out.rstrip("/") or out
     choice = choose_runner(beam_args)
     discovery = discover(root, layout)
     root = discovery.root
     if FileSystems.exists(out) and "://" not in out and not os.path.isdir(out):
-        raise DataError(f"output {out} is a file; -o needs a folder")
+        raise DataError(f"`out` {out} is a file; a folder is needed", field="out")
     stale, stale_bytes, busy = remove_stale_temp_folders(out)
     old = existing_outputs(out)
     if old and not overwrite:
         raise DataError(f"{out} already holds records ({len(old)} files: manifest, shards or rejects); "
-                        f"pass --overwrite to replace them")
+                        f"pass `overwrite` to replace them", field="overwrite")
     requested = {"train": train_shards, "valid": valid_shards, **{split: fold_shards for split in FOLD_SPLITS}}
     shard_counts = _shard_counts(discovery, image_size, requested)
     plan = _plan(discovery, shard_counts)
