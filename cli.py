@@ -227,6 +227,7 @@ def _steps_per_call(text: str) -> int | None:
     return value
 
 
+# Over 60 lines on purpose: the list of train's flags, one statement each.
 def add_train_parser(sub) -> None:
     from model.defaults import (AUTO_CALL_SECONDS, DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS,
                                 DEFAULT_DROPOUT, DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_LEARNING_RATE,

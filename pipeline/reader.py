@@ -236,6 +236,8 @@ def _cache_prefix(cache_file: str, manifest: Manifest, splits: list[str], num_pi
     return prefix
 
 
+# Over 60 lines on purpose: one tf.data pipeline, stage after stage, in the order the data goes
+# through them (files, interleave, cache, shuffle, parse, augment, batch, prefetch).
 def make_dataset(records_dir: str, split: str | Sequence[str], batch_size: int, memory: str = "low",
                  augment: bool = False, shuffle: bool = False, seed: int = 0, epoch: int = 0, skip: int = 0,
                  with_meta: bool = False, input_context: tf.distribute.InputContext | None = None,

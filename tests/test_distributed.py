@@ -38,7 +38,7 @@ def test_precision_and_strategy_choices():
     assert select_precision("auto") == "float32"          # this machine has no GPU
     for name in ("float32", "mixed_float16", "mixed_bfloat16"):
         assert select_precision(name) == name
-    with pytest.raises(ModelError, match="unknown precision 'fp8'"):
+    with pytest.raises(ModelError, match="unknown `precision` 'fp8'"):
         select_precision("fp8")
     with pytest.raises(ModelError, match="unknown strategy 'tpu'"):
         select_strategy("tpu")

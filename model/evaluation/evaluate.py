@@ -242,11 +242,46 @@ def scored_in_calls(model, dataset):
             return
 
 
+def scored_across_replicas(model, strategy, records_dir: str, split: str, batch_size: int, memory: str,
+                           image_size: int) -> Iterator[tuple]:
+    """(scores, labels, ages, paths) per replica batch, in the reader's order, under a strategy of
+    several replicas on this machine."""
+    import tensorflow as tf
+
+    from pipeline.reader import make_dataset
+
+    _check_single_machine(strategy)
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make_dataset(records_dir, split, batch_size, memory=memory, with_meta=True,
+                            input_context=context, image_size=image_size)
+
+    # The batch size is per replica: each step scores `replicas` consecutive batches at once.
+    # Inputs stay on the host (strategy.run copies the images to each device): the string
+    # paths must not be sent to an accelerator.
+    options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
+    dataset = strategy.distribute_datasets_from_function(dataset_fn, options)
+
+    def replica_forward(images):
+        return male_probability(model, images)   # the last replica's batch can be empty
+
+    @tf.function(reduce_retracing=True)
+    def step(images):
+        return strategy.run(replica_forward, args=(images,))
+
+    local = strategy.experimental_local_results
+    for images, batch_labels, batch_ages, batch_paths in dataset:
+        out = step(images)
+        # Replica k received the k-th consecutive batch: concatenating in replica order
+        # keeps the reader's order. A replica with nothing left gets an empty batch.
+        for parts in zip(local(out), local(batch_labels), local(batch_ages), local(batch_paths)):
+            if int(np.asarray(parts[0]).shape[0]) > 0:
+                yield parts
+
+
 def predict_split(model, records_dir: str, split: str, batch_size: int = 64, memory: str = "low",
                   strategy=None, progress: Progress | None = None) -> SplitPredictions:
     """Score every example of one split exactly once (under `strategy` when it has several replicas)."""
-    import tensorflow as tf
-
     from pipeline.reader import describe_dataset, make_dataset
 
     if batch_size < 1:
@@ -278,33 +313,8 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
         for chunk in scored_in_calls(model, dataset):
             collect(*chunk)
     else:
-        _check_single_machine(strategy)
-
-        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-            return make_dataset(records_dir, split, batch_size, memory=memory, with_meta=True,
-                                input_context=context, image_size=image_size)
-
-        # The batch size is per replica: each step scores `replicas` consecutive batches at once.
-        # Inputs stay on the host (strategy.run copies the images to each device): the string
-        # paths must not be sent to an accelerator.
-        options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
-        dataset = strategy.distribute_datasets_from_function(dataset_fn, options)
-
-        def replica_forward(images):
-            return male_probability(model, images)   # the last replica's batch can be empty
-
-        @tf.function(reduce_retracing=True)
-        def step(images):
-            return strategy.run(replica_forward, args=(images,))
-
-        local = strategy.experimental_local_results
-        for images, batch_labels, batch_ages, batch_paths in dataset:
-            out = step(images)
-            # Replica k received the k-th consecutive batch: concatenating in replica order
-            # keeps the reader's order. A replica with nothing left gets an empty batch.
-            for parts in zip(local(out), local(batch_labels), local(batch_ages), local(batch_paths)):
-                if int(np.asarray(parts[0]).shape[0]) > 0:
-                    collect(*parts)
+        for parts in scored_across_replicas(model, strategy, records_dir, split, batch_size, memory, image_size):
+            collect(*parts)
 
     result = SplitPredictions(
         split=split,

@@ -53,6 +53,7 @@ def _check_layer(option: str, name: str, valid: list[str]) -> int:
     return valid.index(name)
 
 
+# Over 60 lines on purpose: the checks of the settings, then the layers in the order data flows.
 def build_classifier(backbone: keras.Model, cut_layer: str = DEFAULT_CUT_LAYER,
                      freeze_through: str | None = DEFAULT_FREEZE_THROUGH, dense_units: int = DEFAULT_DENSE_UNITS,
                      dropout: float = DEFAULT_DROPOUT, seed: int = 0, head: str = DEFAULT_HEAD) -> keras.Model:

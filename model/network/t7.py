@@ -229,6 +229,8 @@ def _check_width(path: str, index: int, label: str, width: int, largest: int) ->
                          f"such layer has {largest}: not the VGG-Face network")
 
 
+# Over 60 lines on purpose: the file's modules are read and checked in order, each check needing the
+# previous module's shapes; split, the order would have to travel between functions.
 def read_vggface_t7(path: str) -> TorchVGGFace:
     """Read a VGG_FACE.t7-structured file and check its 40-module topology and shapes.
 

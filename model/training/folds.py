@@ -93,6 +93,8 @@ def _fold_complete(config, state: dict | None, machine) -> bool:
     return not fingerprint_changes(state["fingerprint"], current)
 
 
+# Over 60 lines on purpose: one loop over the folds whose skip / resume / train decision and summary
+# row read best in one place (the decision is _fold_complete's; the rest is bookkeeping).
 def train_folds(config, progress: Callable | None = None, folds: Sequence[int] | None = None) -> dict:
     """`train --folds`: for each fold K, train on the other folds and validate on K (model.training.train
     with val_fold=K, outputs per fold_config). Returns and writes (chief only) the summary: per

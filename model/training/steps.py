@@ -61,6 +61,8 @@ def _sums(probs, labels, per_example, weights) -> list[tf.Tensor]:
     return [tf.reduce_sum(per_example), correct, tf.reduce_sum(weights)]
 
 
+# Over 60 lines on purpose: the step functions are closures over one model, optimizer and strategy,
+# and tracing them together keeps their shared state in one scope.
 def make_steps(strategy: tf.distribute.Strategy, model: keras.Model, optimizer, *, global_batch: int,
                loss_scaling: bool, image_size: int, jit: bool,
                device_augment: AugmentParams | None = None) -> StepFunctions:

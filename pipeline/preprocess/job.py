@@ -135,6 +135,8 @@ def _check_arguments(image_size: int, shards: dict[str, int | None]) -> None:
             raise DataError(f"`{name}` must be at least 1, got {value}", field=name)
 
 
+# Over 60 lines on purpose: the launcher's steps in the order they must happen (check, discover,
+# lock out stale runs, plan, run, reconcile, commit); each is a function of its own.
 def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, train_shards: int | None = None,
                    valid_shards: int | None = None, beam_args: list[str] | None = None,
                    overwrite: bool = False, progress: Progress | None = None,

@@ -143,6 +143,7 @@ def _folder(age: int, label: int) -> str:
     return f"{age}_{gender}"
 
 
+# Over 60 lines on purpose: one generated tree, folder after folder, with the summary it must match.
 def make_adience_tree(root: str, n_train: int = 120, n_valid: int = 40, image_size: int = 256,
                       seed: int = 0, bad_files: bool = True, variety: bool = True,
                       cue: str = "colour") -> SyntheticSummary:
@@ -248,6 +249,7 @@ class FoldsSummary(_ExpectedCounts):
         return len(self.images) + len(self.rejects)
 
 
+# Over 60 lines on purpose: the fold files, the images and the summary written together, row by row.
 def make_adience_folds(root: str, n_users: int = 10, faces_per_user: int = 4, image_size: int = 64,
                        seed: int = 0, bad_rows: bool = True) -> FoldsSummary:
     """Write the official distribution's layout under `root` (a local directory): fold_0_data.txt …
