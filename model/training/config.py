@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field
 
 from model.defaults import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT,
-                            DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_LEARNING_RATE, DEFAULT_STATS_IMAGES,
-                            HEADS, JIT_CHOICES, PLACEMENTS, PRECISIONS, STRATEGIES)
+                            DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_HEAD_INIT, DEFAULT_LEARNING_RATE, DEFAULT_STATS_IMAGES,
+                            HEAD_INIT_PROBE, HEAD_INITS, HEAD_STANDARDIZED, HEADS, JIT_CHOICES, PLACEMENTS, PRECISIONS, STRATEGIES)
 from model.errors import ModelError
 from pipeline.augment import AugmentParams
 from pipeline.folds import N_FOLDS
@@ -48,6 +48,7 @@ class TrainConfig:
     cut_layer: str = _resume(DEFAULT_CUT_LAYER)
     freeze_through: str | None = _resume(DEFAULT_FREEZE_THROUGH)
     head: str = _resume(DEFAULT_HEAD)     # "standardized" or "original" (model/network/head.py)
+    head_init: str = _resume(DEFAULT_HEAD_INIT)   # "probe" or "random" (model/network/linear_start.py)
     dense_units: int = _resume(DEFAULT_DENSE_UNITS)
     dropout: float = _resume(DEFAULT_DROPOUT)
     learning_rate: float = _resume(DEFAULT_LEARNING_RATE)
@@ -124,6 +125,11 @@ def check_config(config: TrainConfig) -> None:
         (config.augment_on in PLACEMENTS,
          f"unknown --augment-on {config.augment_on!r}; choose one of {', '.join(PLACEMENTS)}"),
         (config.head in HEADS, f"unknown --head {config.head!r}; choose one of {', '.join(HEADS)}"),
+        (config.head_init in HEAD_INITS,
+         f"unknown --head-init {config.head_init!r}; choose one of {', '.join(HEAD_INITS)}"),
+        (config.head != HEAD_STANDARDIZED or config.head_init != HEAD_INIT_PROBE or config.dense_units >= 2,
+         f"--head-init probe needs --dense-units 2 or more (two units carry the probe's logit), got "
+         f"{config.dense_units}; raise it or pass --head-init random"),
         (config.stats_images >= 1, f"--stats-images must be at least 1, got {config.stats_images}"),
         (config.val_fold is None or 0 <= config.val_fold < N_FOLDS,
          f"--val-fold must be one of 0 … {N_FOLDS - 1} (the {N_FOLDS} Adience folds), got {config.val_fold}"),
