@@ -667,6 +667,7 @@ def _run_step(title: str, argv: list[str], expected: tuple[int, ...] = (0,)) -> 
 
 
 def cmd_demo(args) -> int:
+    import csv
     import json
     import time
 
@@ -705,6 +706,10 @@ def cmd_demo(args) -> int:
     print(f"   model:   {model_path}")
     print(f"   report:  {os.path.join(report, 'report.json')} (plots: {report}/*.png)")
     print(f"   validation accuracy on the synthetic split: {valid['accuracy']:.2%} (n={valid['n']})")
+    with open(model_path[: -len(".keras")] + "_history.csv", newline="") as f:
+        start = next(csv.DictReader(f))   # epoch 0: validation before the first step
+    print(f"   before training, the linear start gave {float(start['val_accuracy']):.2%} on validation; "
+          f"the start took {float(start['seconds']):.1f} s (feature statistics, fit and that validation)")
     return 0
 
 
