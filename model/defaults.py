@@ -24,6 +24,14 @@ HEAD_STANDARDIZED = "standardized"
 HEAD_ORIGINAL = "original"
 HEADS = (HEAD_STANDARDIZED, HEAD_ORIGINAL)
 DEFAULT_HEAD = HEAD_STANDARDIZED
+# How the standardized head starts (--head-init). "probe" (the default): at step 0 the head computes
+# a logistic regression fitted on the statistics images' standardized features (model/network/
+# linear_start.py), so training starts where a linear probe ends. "random": Glorot-random weights
+# (the start before issue #18). --head original always starts random: it is the seed's head.
+HEAD_INIT_PROBE = "probe"
+HEAD_INIT_RANDOM = "random"
+HEAD_INITS = (HEAD_INIT_PROBE, HEAD_INIT_RANDOM)
+DEFAULT_HEAD_INIT = HEAD_INIT_PROBE
 # Training images whose cut-layer features give the standardization statistics (per feature: each
 # channel at each position gets its mean and variance over these images).
 DEFAULT_STATS_IMAGES = 512

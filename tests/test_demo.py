@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 
@@ -31,6 +32,9 @@ def test_demo_runs_end_to_end_and_reuses_nothing_stale(tmp_path):
     assert f"{valid['accuracy']:.2%}" in proc.stdout
     assert os.path.isfile(work / "gender_classifier.keras")
     assert "resumed" not in proc.stdout                           # the stale checkpoint was not used
+    # The linear start: its epoch-0 accuracy and how long it took, in the summary.
+    assert re.search(r"before training, the linear start gave [\d.]+% on validation; the start took [\d.]+ s",
+                     proc.stdout), proc.stdout[-2000:]
 
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path):

@@ -64,9 +64,12 @@ def test_preprocess_then_train_learns_the_generated_set(command_run):
     assert len(re.findall(r"^epoch 2/2 step \d+/7: loss [\d.]+, acc [\d.]+%, [\d,]+ img/s$", out, re.M)) >= 2
     assert len(re.findall(r"^epoch \d: .* validation \(40 images\)", out, re.M)) == 2
     rows = _history(output)
-    assert [row["epoch"] for row in rows] == ["1", "2"] and list(rows[0]) == list(HISTORY_FIELDS)
+    # Epoch 0: validation before the first step (the linear start), no training figures.
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"] and list(rows[0]) == list(HISTORY_FIELDS)
+    assert rows[0]["loss"] == "" and 0.0 <= float(rows[0]["val_accuracy"]) <= 1.0
     assert float(rows[-1]["val_accuracy"]) >= 0.95, rows
-    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    start = re.search(r"^before training: the linear start gives ([\d.]+)% on validation \(40 images", out, re.M)
+    assert float(start.group(1)) == pytest.approx(100 * float(rows[0]["val_accuracy"]), abs=0.01)
     stem = output[: -len(".keras")]
     for path in (output, stem + "_savedmodel/saved_model.pb", stem + ".ckpt/checkpoint"):
         assert os.path.exists(path), path
@@ -157,8 +160,8 @@ def test_checkpoint_of_another_training_is_refused(tmp_path, slim_t7, records_di
                              batch_size=40, augment=False, checkpoint_dir=ckpt, strategy="default",
                              precision="float32"))
     assert more.resumed_from.epoch == 2 and more.resumed_from.step == 0
-    assert [row["epoch"] for row in more.history] == [1, 2] and more.steps_run == 3
-    assert more.history[0] == first.history[0]
+    assert [row["epoch"] for row in more.history] == [0, 1, 2] and more.steps_run == 3
+    assert more.history[:2] == first.history[:2]
 
 
 def test_frozen_layers_do_not_change(tmp_path, slim_t7, records_dir):

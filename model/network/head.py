@@ -129,10 +129,15 @@ def set_feature_statistics(model: keras.Model, mean: np.ndarray, variance: np.nd
     Variances below VARIANCE_FLOOR x their mean are raised to it. Assigned outside any replica
     context: under a tf.distribute strategy every replica's copy gets the same values."""
     layer = model.get_layer(STANDARDIZE_LAYER)
+    layer.moving_mean.assign(np.asarray(mean, np.float32))
+    layer.moving_variance.assign(floored_variance(variance).astype(np.float32))
+
+
+def floored_variance(variance: np.ndarray) -> np.ndarray:
+    """The variances the standardized head divides by: each raised to VARIANCE_FLOOR x their mean."""
     variance = np.asarray(variance, np.float64)
     floor = VARIANCE_FLOOR * float(variance.mean()) if variance.size and variance.mean() > 0 else 1.0
-    layer.moving_mean.assign(np.asarray(mean, np.float32))
-    layer.moving_variance.assign(np.maximum(variance, floor).astype(np.float32))
+    return np.maximum(variance, floor)
 
 
 def _float32_policies(config):

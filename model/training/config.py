@@ -13,8 +13,9 @@ import os
 from dataclasses import dataclass, field
 
 from model.defaults import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT,
-                            DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_LEARNING_RATE, DEFAULT_STATS_IMAGES,
-                            HEADS, JIT_CHOICES, PLACEMENTS, PRECISIONS, STRATEGIES)
+                            DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_HEAD_INIT, DEFAULT_LEARNING_RATE,
+                            DEFAULT_STATS_IMAGES, HEAD_INIT_PROBE, HEAD_INITS, HEAD_STANDARDIZED, HEADS, JIT_CHOICES,
+                            PLACEMENTS, PRECISIONS, STRATEGIES)
 from model.errors import ModelError
 from model.network.vggface import VGGWidths
 from pipeline.augment import AugmentParams
@@ -49,6 +50,7 @@ class TrainConfig:
     cut_layer: str = _resume(DEFAULT_CUT_LAYER)
     freeze_through: str | None = _resume(DEFAULT_FREEZE_THROUGH)
     head: str = _resume(DEFAULT_HEAD)     # "standardized" or "original" (model/network/head.py)
+    head_init: str = _resume(DEFAULT_HEAD_INIT)   # "probe" or "random" (model/network/linear_start.py)
     dense_units: int = _resume(DEFAULT_DENSE_UNITS)
     dropout: float = _resume(DEFAULT_DROPOUT)
     learning_rate: float = _resume(DEFAULT_LEARNING_RATE)
@@ -170,6 +172,11 @@ def check_config(config: TrainConfig) -> None:
         ("augment_on", config.augment_on in PLACEMENTS,
          f"is {config.augment_on!r}; choose one of {', '.join(PLACEMENTS)}"),
         ("head", config.head in HEADS, f"is {config.head!r}; choose one of {', '.join(HEADS)}"),
+        ("head_init", config.head_init in HEAD_INITS,
+         f"is {config.head_init!r}; choose one of {', '.join(HEAD_INITS)}"),
+        ("dense_units", config.head != HEAD_STANDARDIZED or config.head_init != HEAD_INIT_PROBE or config.dense_units >= 2,
+         f"must be 2 or more for `head_init` probe (two units carry the probe's logit), got "
+         f"{config.dense_units}; raise it or pass `head_init` random"),
         ("stats_images", config.stats_images >= 1, f"must be at least 1, got {config.stats_images}"),
         ("val_fold", config.val_fold is None or 0 <= config.val_fold < N_FOLDS,
          f"must be one of 0 … {N_FOLDS - 1} (the {N_FOLDS} Adience folds), got {config.val_fold}"),

@@ -45,6 +45,7 @@ class Setup:
     learning_rate: float
     checkpoint_dir: str
     head: str
+    head_init: str                    # "probe" or "random" (always "random" with the original head)
     cut_layer: str
     feature_rms: float
     feature_max: float | None         # None: the RMS comes from a checkpoint's statistics
@@ -54,6 +55,29 @@ class Setup:
     def original_head_unstable(self) -> bool:
         """The original head on features this large trains unstably (model/defaults.py)."""
         return self.head == HEAD_ORIGINAL and self.feature_rms > ORIGINAL_HEAD_RMS_LIMIT
+
+
+@dataclass(frozen=True)
+class LinearStartFitted:
+    """--head-init probe: the logistic regression the head starts from (model/network/linear_start.py)."""
+
+    images: int                       # training images it was fitted on (features kept in memory)
+    features: int                     # features per image (the cut layer's, flattened)
+    strength: float                   # the regularization chosen by cross-validation on those images
+    cv_accuracy: float                # held-out accuracy at that strength (5-fold, training images only)
+    train_accuracy: float             # the final fit on all of them
+    seconds: float                    # the start's cost: the fit (the features come with the statistics)
+
+
+@dataclass(frozen=True)
+class StartValidated:
+    """Validation before the first step (epoch 0): what the start gives."""
+
+    start: str                        # "linear" (--head-init probe) or "random"
+    val_loss: float
+    val_accuracy: float
+    val_count: int
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -141,5 +165,5 @@ class FoldSkipped:
     val_accuracy: float | None
 
 
-TrainEvent = Union[Setup, Resumed, StepsDone, CheckpointSaved, EpochEnd, Collapse, Saved, FoldStart, FoldSkipped]
+TrainEvent = Union[Setup, LinearStartFitted, StartValidated, Resumed, StepsDone, CheckpointSaved, EpochEnd, Collapse, Saved, FoldStart, FoldSkipped]
 Progress = Callable[[TrainEvent], None]

@@ -7,6 +7,7 @@ the end of the data or after about AUTO_CALL_SECONDS of steps — validation, th
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from model.training.config import TrainConfig, check_config, fingerprint, machin
 from model.training.datasets import run_data, train_dataset, training_splits, valid_dataset
 from model.training.exports import replica_digests, weights_digest, write_outputs
 from model.training.state import RunState
+from model.training.start import apply_linear_start, effective_head_init, start_row, uses_linear_start
 from model.training.steps import make_steps
 from pipeline.reader import describe_dataset
 from pipeline.shard_check import records_error
@@ -157,6 +159,7 @@ class _Run:
 
         config = self.config
         standardized = config.head == HEAD_STANDARDIZED
+        self.linear_start, self.start_seconds = None, 0.0
         if standardized and restored:
             layer = self.model.get_layer(STANDARDIZE_LAYER)
             mean, variance = layer.moving_mean.numpy().astype(np.float64), layer.moving_variance.numpy()
@@ -165,13 +168,18 @@ class _Run:
             return {"feature_rms": rms, "feature_max": None, "stats_images": None}
         # The original head needs no statistics, only the magnitude for the report: a small sample.
         images = config.stats_images if standardized else min(config.stats_images, 64)
+        started = time.perf_counter()
         try:
             stats = cut_feature_statistics(self.model, config.cut_layer, config.records, self.train_splits, images,
-                                           image_size=self.train_info["image_size"])
+                                           image_size=self.train_info["image_size"],
+                                           keep_features=uses_linear_start(config))
         except tf.errors.OpError as err:
             raise self._records_problem(err, self.train_splits) from None
         if standardized:
             set_feature_statistics(self.model, stats.mean, stats.variance)
+        if uses_linear_start(config):
+            self.linear_start = apply_linear_start(self.model, stats)
+        self.start_seconds = time.perf_counter() - started
         return {"feature_rms": stats.rms, "feature_max": stats.max, "stats_images": stats.images}
 
     def _setup_event(self, features: dict) -> events.Setup:
@@ -197,7 +205,7 @@ class _Run:
             trainable_params=int(sum(np.prod(v.shape) for v in self.model.trainable_variables)),
             frozen_params=int(sum(np.prod(v.shape) for v in self.model.non_trainable_weights)),
             learning_rate=config.learning_rate, checkpoint_dir=self.paths["checkpoint_dir"], head=config.head,
-            cut_layer=config.cut_layer, **features)
+            head_init=effective_head_init(config), cut_layer=config.cut_layer, **features)
 
     # ------------------------------------------------------------------ run
     def run(self) -> TrainResult:
@@ -206,6 +214,8 @@ class _Run:
         checkpoint = self.state.restore(config.epochs)
         setup = self._setup_event(self._fix_feature_statistics(checkpoint is not None))
         self.emit(setup)
+        if self.linear_start is not None:
+            self.emit(self.linear_start)
         done = self.state.progress()
         resumed = None
         if checkpoint:
@@ -223,6 +233,8 @@ class _Run:
         steps_run = 0
         try:
             with writer.as_default():
+                if checkpoint is None:
+                    self._validate_start(history)
                 while int(self.state.epoch.numpy()) < config.epochs:
                     steps_run += self._run_epoch(history)
             writer.flush()
@@ -307,6 +319,20 @@ class _Run:
         if collapse:
             self.emit(events.Collapse(epoch=epoch + 1, reason=collapse, head=config.head))
         return steps_run
+
+    def _validate_start(self, history: dict) -> None:
+        """Epoch 0: validate before the first step, so the user sees what the start gives (with
+        --head-init probe, what the frozen features allow) and what training adds to it."""
+        started = time.perf_counter()
+        metrics = self._validate()
+        history[0] = start_row(metrics, self.start_seconds + time.perf_counter() - started)
+        for key in ("val_loss", "val_accuracy"):
+            _scalar(f"epoch/{key}", metrics[key], step=0)
+        # Into the checkpoint's history now, so that a run interrupted in epoch 1 keeps the row.
+        self.state.history.assign(json.dumps([history[0]]))
+        self.emit(events.StartValidated(start="linear" if self.linear_start is not None else "random",
+                                        val_loss=metrics["val_loss"], val_accuracy=metrics["val_accuracy"],
+                                        val_count=metrics["val_count"], seconds=time.perf_counter() - started))
 
     def _validate(self) -> dict:
         iterator = iter(valid_dataset(self.strategy, self.config, self.valid_splits))

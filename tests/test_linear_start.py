@@ -1,0 +1,77 @@
+"""The linear start (issue #18): the standardized head starts as a logistic regression fitted on the
+statistics images, so `train` begins where a linear probe ends.
+
+The fit itself against scikit-learn at the same regularization; then through `train`: epoch 0
+(validation before the first step) and the trained result against the linear-probe reference
+(model/evaluation/linear_probe.py, fitted by the test on every training image), with a margin that
+can fail; a resumed run does not refit; --head-init random keeps the random start.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.evaluation.linear_probe import cut_model, linear_probe
+from model.network.linear_start import fit_linear_start
+from model.training import TrainConfig, train
+from model.training import events
+
+MARGIN = 0.05      # the start and the trained head must be within 5 points of the reference probe
+
+
+def test_the_dual_fit_is_scikit_learn_s_logistic_regression():
+    """n << d, as with real features: the dual fit equals the primal one at the chosen strength."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    n, d = 120, 3000
+    x = (rng.normal(size=(n, d)) * 5 + 2).astype(np.float32)
+    y = ((x - 2) @ rng.normal(size=d) / np.sqrt(d) + rng.normal(size=n) * 4 > 0).astype(np.float32)
+    mean, variance = x.astype(np.float64).mean(0), x.astype(np.float64).var(0)
+    start = fit_linear_start(x, y, mean, variance)
+    standard = (x - mean) / np.sqrt(variance + 1e-12)
+    lam = start.strength * float(np.mean(np.sum(standard ** 2, 1))) / n
+    reference = LogisticRegression(C=1 / (lam * n), tol=1e-10, max_iter=10000).fit(standard, y)
+    assert np.allclose(start.weights, reference.coef_[0], atol=1e-6 * np.abs(reference.coef_).max() + 1e-9)
+    assert start.bias == pytest.approx(float(reference.intercept_[0]), abs=1e-5)
+    assert 0.0 <= start.cv_accuracy <= 1.0 and start.images == n
+
+
+def _train(records_dir, slim_t7, tmp_path, **options):
+    seen = []
+    result = train(TrainConfig(weights=slim_t7, records=records_dir, output=str(tmp_path / "m.keras"),
+                               batch_size=16, strategy="default", precision="float32", **options),
+                   progress=seen.append)
+    return result, seen
+
+
+def test_train_starts_at_the_probe_and_stays_there(records_dir, slim_t7, tmp_path):
+    reference = linear_probe(cut_model(slim_t7), records_dir).accuracy
+    result, seen = _train(records_dir, slim_t7, tmp_path, epochs=1)
+    fitted = [e for e in seen if isinstance(e, events.LinearStartFitted)]
+    started = [e for e in seen if isinstance(e, events.StartValidated)]
+    assert len(fitted) == 1 and fitted[0].images == 120 and len(started) == 1 and started[0].start == "linear"
+    epoch0 = result.history[0]
+    assert epoch0["epoch"] == 0 and epoch0["val_accuracy"] == started[0].val_accuracy
+    assert epoch0["val_accuracy"] >= reference - MARGIN, (epoch0, reference)
+    assert result.final["val_accuracy"] >= reference - MARGIN, (result.history, reference)
+
+    # Resumed (training longer): the start is in the checkpoint; nothing is refitted or revalidated.
+    more, seen = _train(records_dir, slim_t7, tmp_path, epochs=2)
+    assert more.resumed_from is not None
+    assert not [e for e in seen if isinstance(e, (events.LinearStartFitted, events.StartValidated))]
+    assert [row["epoch"] for row in more.history] == [0, 1, 2] and more.history[:2] == result.history[:2]
+
+
+def test_random_start_is_still_reachable(records_dir, slim_t7, tmp_path):
+    result, seen = _train(records_dir, slim_t7, tmp_path, epochs=1, head_init="random", augment=False)
+    assert not [e for e in seen if isinstance(e, events.LinearStartFitted)]
+    assert [e.start for e in seen if isinstance(e, events.StartValidated)] == ["random"]
+    assert result.history[0]["epoch"] == 0
+
+
+def test_same_seed_same_start(records_dir, slim_t7, tmp_path):
+    """Deterministic: two fresh runs of the same settings end with identical weights."""
+    digests = [_train(records_dir, slim_t7, tmp_path / str(k), epochs=1, augment=False)[0].weights_digest
+               for k in range(2)]
+    assert digests[0] == digests[1]
