@@ -14,7 +14,7 @@ import pytest
 import cli
 from tests.conftest import ROOT
 
-SOURCES = ("pyproject.toml", "README.md", "cli.py", "pipeline", "model")
+SOURCES = ("pyproject.toml", "README.md", "cli.py", "cli_render.py", "pipeline", "model")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def installed(tmp_path_factory) -> str:
     sources = {os.path.relpath(os.path.join(d, f), src).replace(os.sep, "/")
                for package in ("pipeline", "model") for d, _, files in os.walk(src / package)
                for f in files if f.endswith(".py")}
-    assert sources | {"cli.py"} <= set(zipfile.ZipFile(wheel).namelist())
+    assert sources | {"cli.py", "cli_render.py"} <= set(zipfile.ZipFile(wheel).namelist())
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
