@@ -19,8 +19,8 @@ import sys
 import threading
 from typing import Iterator
 
-from cli_render import (PreprocessBar, ScoringBars, TrainRenderer, print, print_preprocess_summary,  # noqa: A004
-                        program, render_convert_event, set_program)
+from cli_render import (PreprocessBar, ScoringBars, TrainRenderer, cv_summary_lines, evaluate_summary_lines,  # noqa: A004
+                        print, print_preprocess_summary, program, render_convert_event, set_program)
 from pipeline.schema import DEFAULT_IMAGE_SIZE
 
 EXIT_BAD_INPUT = 2
@@ -164,9 +164,9 @@ def _steps_per_call(text: str) -> int | None:
 # Over 60 lines on purpose: the list of train's flags, one statement each.
 def add_train_parser(sub) -> None:
     from model.defaults import (AUTO_CALL_SECONDS, DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS,
-                                DEFAULT_DROPOUT, DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_HEAD_INIT, DEFAULT_LEARNING_RATE,
-                                DEFAULT_STATS_IMAGES, HEAD_INITS, HEADS, JIT_CHOICES, PLACEMENTS, PRECISIONS,
-                                STRATEGIES)
+                                DEFAULT_DROPOUT, DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_HEAD_INIT,
+                                DEFAULT_LEARNING_RATE, DEFAULT_STATS_IMAGES, HEAD_INITS, HEADS, JIT_CHOICES, PLACEMENTS,
+                                PRECISIONS, STRATEGIES)
 
     p = sub.add_parser(
         "train", help="train the gender classifier on preprocessed records",
@@ -317,7 +317,7 @@ def add_evaluate_parser(sub) -> None:
 
 
 def _evaluate_folds(args) -> int:
-    from model.evaluation.crossval import cv_summary_lines, evaluate_folds
+    from model.evaluation.crossval import evaluate_folds
     from model.evaluation.report import default_report_dir
 
     if args.split is not None:
@@ -339,7 +339,7 @@ def _evaluate_folds(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from model.evaluation.evaluate import evaluate
-    from model.evaluation.report import default_report_dir, summary_lines, write_report
+    from model.evaluation.report import default_report_dir, write_report
 
     _check_outputs([(args.report_dir or default_report_dir(args.model), "dir", "--report-dir")],
                    [(args.model, "-m"), (args.input, "-i")])
@@ -352,15 +352,15 @@ def cmd_evaluate(args) -> int:
         report = write_report(evaluation, report_dir)
     except OSError as err:
         return _fail(f"cannot write the report to {report_dir} ({err.strerror or err}); pass a writable --report-dir")
-    print("\n".join(summary_lines(report, report_dir)))
+    print("\n".join(evaluate_summary_lines(report, report_dir)))
     return 0
 
 
 # ---------------------------------------------------------------- classify
 def add_classify_parser(sub) -> None:
+    from model.inference.faces.detect import DEFAULT_MIN_FACE
     from model.inference.output import OUTPUT_FORMATS
     from model.inference.prepare import FACE_MODES
-    from model.inference.faces.detect import DEFAULT_MIN_FACE
 
     p = sub.add_parser("classify", help="classify the faces in image files, folders or lists of paths",
                        description="Classify faces as female/male, one row per face, written as they are "
@@ -406,10 +406,10 @@ def _familiar_form(rows: list) -> int | None:
 
 
 def cmd_classify(args) -> int:
-    from model.network.head import load_classifier
     from model.inference.classify import ClassifyStream
     from model.inference.inputs import Inputs
     from model.inference.output import RowWriter, summary_line
+    from model.network.head import load_classifier
 
     outputs = [(args.output, "file", "-o")] if args.output else []
     if args.annotate:

@@ -271,3 +271,55 @@ class ScoringBars:
             self.bars.pop(event.name).close()
         elif isinstance(event, p.FoldEvaluating):
             print(f"fold {event.fold}: {event.model}", file=sys.stderr, flush=True)
+
+
+def evaluate_summary_lines(body: dict, report_dir: str) -> list[str]:
+    """`evaluate`: a few lines for the terminal: accuracy and loss per split, the worst age group, where the report is."""
+    from model.evaluation import report
+    from pipeline.schema import AGE_GROUP_NAMES
+
+    lines = []
+    for split in body["splits"]:
+        m = body[split]
+        auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
+        base = m["majority_baseline"]
+        lines.append(f"{split}: n={m['n']}  accuracy={m['accuracy']:.4f} (always {base['class']}: "
+                     f"{base['accuracy']:.4f})  loss={m['loss']:.4f}  auc={auc}")
+        if m.get("one_class_predictions"):
+            lines.append(f"  warning: every prediction is {m['one_class_predictions']}: the model has collapsed "
+                         f"to one class (retrain with the default `head` standardized, or a lower `learning_rate`)")
+        worst = m.get("worst_age_group")
+        filled = [e["accuracy"] for g, e in m["by_age"].items() if e["n"] and g in AGE_GROUP_NAMES]
+        if worst is not None and len(set(filled)) == 1:
+            lines.append(f"  every age group ({len(filled)} with examples) at accuracy {worst['accuracy']:.4f}")
+        elif worst is not None:
+            lines.append(f"  worst age group: {worst['group']} accuracy={worst['accuracy']:.4f} (n={worst['n']})")
+    lines.append(f"report: {os.path.join(report_dir, report.REPORT_NAME)} (plots and {report.PREDICTIONS_NAME} beside it)")
+    return lines
+
+
+def cv_summary_lines(body: dict, report_dir: str) -> list[str]:
+    """The terminal summary of evaluate --folds: one line per fold, the headline, the worst age group."""
+    from model.evaluation.crossval import CV_REPORT_NAME
+    from pipeline.folds import FOLD_SPLITS
+    from pipeline.schema import AGE_UNKNOWN_GROUP
+
+    lines = [f"{f['split']}: n={f['n']}  accuracy={f['accuracy']:.4f}  loss={f['loss']:.4f}  "
+             f"auc={'n/a' if f['auc'] is None else format(f['auc'], '.4f')}" for f in body["folds"]]
+    lines.append(body["summary"])
+    for key in ("loss", "auc"):
+        s = body[key]
+        if s["mean"] is not None:
+            spread = "" if s["std"] is None else f" ± {s['std']:.4f}"
+            lines.append(f"  {key}: {s['mean']:.4f}{spread} over {s['n_folds']} folds")
+    pooled = body["pooled"]
+    lines.append(f"  pooled over all {pooled['n']} faces: accuracy {pooled['accuracy']:.4f}")
+    filled = [(g, e) for g, e in body["by_age"].items() if e["n"] and g != AGE_UNKNOWN_GROUP]
+    if filled:
+        g, e = min(filled, key=lambda item: (item[1]["pooled_accuracy"], -item[1]["n"]))
+        spread = "" if e["std_accuracy"] is None else f" ± {e['std_accuracy']:.4f}"
+        lines.append(f"  worst age group (pooled): {g} accuracy={e['pooled_accuracy']:.4f} (n={e['n']}; "
+                     f"mean over folds {e['mean_accuracy']:.4f}{spread})")
+    lines.append(f"report: {os.path.join(report_dir, CV_REPORT_NAME)} (per-fold reports in "
+                 f"{os.path.join(report_dir, FOLD_SPLITS[0])} … {FOLD_SPLITS[-1]})")
+    return lines

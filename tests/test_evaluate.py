@@ -202,8 +202,8 @@ def test_predictions_csv_has_header_and_one_row_per_example(report_dir, report, 
                                                          (5, "low", "mirrored")])
 def test_same_scores_whatever_batch_size_memory_mode_or_strategy(model, records_dir, csv_rows,
                                                                  batch_size, memory, strategy):
-    from model.runtime import select_strategy
     from model.evaluation.evaluate import predict_split, split_metrics
+    from model.runtime import select_strategy
 
     chosen = select_strategy(strategy) if strategy else None
     if chosen is not None:
@@ -332,8 +332,8 @@ def test_bad_input_is_one_line_and_exit_2(case, classifier_path, vggface_keras, 
 
 
 def test_summary_names_the_worst_age_group_with_its_accuracy_and_count():
+    from cli_render import evaluate_summary_lines as summary_lines
     from model.evaluation.evaluate import split_metrics
-    from model.evaluation.report import summary_lines
 
     m = split_metrics(np.array([0, 1, 0, 1, 1]), np.array([0.1, 0.9, 0.8, 0.2, 0.7], np.float32),
                       np.array([1, 1, 30, 30, 30]))
@@ -347,8 +347,8 @@ def test_summary_names_the_worst_age_group_with_its_accuracy_and_count():
 
 def test_majority_baseline_and_a_collapsed_model_are_said():
     """A model that answers one class for everyone is said plainly; its accuracy is the baseline's."""
+    from cli_render import evaluate_summary_lines as summary_lines
     from model.evaluation.evaluate import split_metrics
-    from model.evaluation.report import summary_lines
 
     labels = np.array([0, 0, 0, 1])
     m = split_metrics(labels, np.full(4, 0.5, np.float32), np.array([30, 30, 30, 30]))

@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-
 from model.errors import ModelError
 from model.evaluation.plots import write_cv_plots
 from model.progress import FoldEvaluating, Progress
 from model.training.folds import PROTOCOL, STD_DEFINITION, fold_model_path, headline, mean_std
 from pipeline.errors import DataError
 from pipeline.files import write_json_atomically
-from pipeline.folds import FOLD_SPLITS, N_FOLDS, fold_split
+from pipeline.folds import N_FOLDS, fold_split
 from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN_GROUP, LABEL_NAMES, LAYOUT_FOLDS
 
 CV_REPORT_NAME = "cv_report.json"
@@ -98,27 +97,3 @@ def evaluate_folds(model_path: str, records_dir: str, report_dir: str, batch_siz
     body["files"] = {"fold_reports": [f["report"] for f in folds], "plots": plots}
     write_json_atomically(os.path.join(report_dir, CV_REPORT_NAME), body)
     return body
-
-
-# ------------------------------------------------------------------ summary
-def cv_summary_lines(body: dict, report_dir: str) -> list[str]:
-    """The terminal summary of evaluate --folds: one line per fold, the headline, the worst age group."""
-    lines = [f"{f['split']}: n={f['n']}  accuracy={f['accuracy']:.4f}  loss={f['loss']:.4f}  "
-             f"auc={'n/a' if f['auc'] is None else format(f['auc'], '.4f')}" for f in body["folds"]]
-    lines.append(body["summary"])
-    for key in ("loss", "auc"):
-        s = body[key]
-        if s["mean"] is not None:
-            spread = "" if s["std"] is None else f" ± {s['std']:.4f}"
-            lines.append(f"  {key}: {s['mean']:.4f}{spread} over {s['n_folds']} folds")
-    pooled = body["pooled"]
-    lines.append(f"  pooled over all {pooled['n']} faces: accuracy {pooled['accuracy']:.4f}")
-    filled = [(g, e) for g, e in body["by_age"].items() if e["n"] and g != AGE_UNKNOWN_GROUP]
-    if filled:
-        g, e = min(filled, key=lambda item: (item[1]["pooled_accuracy"], -item[1]["n"]))
-        spread = "" if e["std_accuracy"] is None else f" ± {e['std_accuracy']:.4f}"
-        lines.append(f"  worst age group (pooled): {g} accuracy={e['pooled_accuracy']:.4f} (n={e['n']}; "
-                     f"mean over folds {e['mean_accuracy']:.4f}{spread})")
-    lines.append(f"report: {os.path.join(report_dir, CV_REPORT_NAME)} (per-fold reports in "
-                 f"{os.path.join(report_dir, FOLD_SPLITS[0])} … {FOLD_SPLITS[-1]})")
-    return lines

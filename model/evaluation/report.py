@@ -8,7 +8,6 @@ import csv
 import os
 from typing import Iterable
 
-
 from model.contract import DECISION_RULE, DECISION_THRESHOLD, POSITIVE_CLASS, label_name
 from model.evaluation.evaluate import AGE_GROUP_RULE, Evaluation, SplitPredictions
 from model.evaluation.model_card import write_model_card
@@ -70,26 +69,3 @@ def write_predictions_csv(path: str, predictions: Iterable[SplitPredictions]) ->
                                  f"{float(score):.9g}", label_name(float(score))))
                 rows += 1
     return rows
-
-
-# ------------------------------------------------------------------ summary
-def summary_lines(report: dict, report_dir: str) -> list[str]:
-    """A few lines for the terminal: accuracy and loss per split, the worst age group, where the report is."""
-    lines = []
-    for split in report["splits"]:
-        m = report[split]
-        auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
-        base = m["majority_baseline"]
-        lines.append(f"{split}: n={m['n']}  accuracy={m['accuracy']:.4f} (always {base['class']}: "
-                     f"{base['accuracy']:.4f})  loss={m['loss']:.4f}  auc={auc}")
-        if m.get("one_class_predictions"):
-            lines.append(f"  warning: every prediction is {m['one_class_predictions']}: the model has collapsed "
-                         f"to one class (retrain with the default `head` standardized, or a lower `learning_rate`)")
-        worst = m.get("worst_age_group")
-        filled = [e["accuracy"] for g, e in m["by_age"].items() if e["n"] and g in AGE_GROUP_NAMES]
-        if worst is not None and len(set(filled)) == 1:
-            lines.append(f"  every age group ({len(filled)} with examples) at accuracy {worst['accuracy']:.4f}")
-        elif worst is not None:
-            lines.append(f"  worst age group: {worst['group']} accuracy={worst['accuracy']:.4f} (n={worst['n']})")
-    lines.append(f"report: {os.path.join(report_dir, REPORT_NAME)} (plots and {PREDICTIONS_NAME} beside it)")
-    return lines
