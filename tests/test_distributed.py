@@ -120,33 +120,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_worker_processes_end_with_identical_weights(records_dir, slim_t7, tmp_path):
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
-    output = tmp_path / "mw" / "m.keras"
-    command = [*CLI, "train", "-w", slim_t7, "-i", records_dir, "-o", str(output), "-e", "1", "-b1", "8",
-               "--no-augment", "--checkpoint-every", "4"]
-    workers = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        workers.append(subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True))
+def _two_processes_train(command: list[str], envs: list[dict]) -> list[str]:
+    """Run one training process per environment at once; their stdout, each having exited 0."""
+    processes = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for env in envs]
     outputs = []
     try:
-        for worker in workers:
-            stdout, stderr = worker.communicate(timeout=400)
-            assert worker.returncode == 0, stderr[-3000:]
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=400)
+            assert process.returncode == 0, stderr[-3000:]
             outputs.append(stdout)
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    return outputs
+
+
+def _equal_digests_on_two_workers(outputs: list[str]) -> None:
     digests = [re.search(r"^final weights digest: ([0-9a-f]{64})$", out, re.M).group(1) for out in outputs]
     assert digests[0] == digests[1]
     for index, out in enumerate(outputs):
         assert "MultiWorkerMirroredStrategy, 2 replica(s) on 2 worker(s)" in out
         assert f"this is worker {index}" in out
-        assert "validation (40 images)" in out
     assert "(chief)" in outputs[0] and "the chief writes the outputs" in outputs[1]
+
+
+def test_two_worker_processes_end_with_identical_weights(records_dir, slim_t7, tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    output = tmp_path / "mw" / "m.keras"
+    command = [*CLI, "train", "-w", slim_t7, "-i", records_dir, "-o", str(output), "-e", "1", "-b1", "8",
+               "--no-augment", "--checkpoint-every", "4"]
+    outputs = _two_processes_train(command, [
+        dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        for index in range(2)])
+    _equal_digests_on_two_workers(outputs)
+    assert all("validation (40 images)" in out for out in outputs)
     # Only the chief wrote outputs and kept checkpoints; the other worker's temporary dir is gone.
     assert output.exists() and (tmp_path / "mw" / "m_savedmodel").is_dir()
     assert tf.train.latest_checkpoint(str(tmp_path / "mw" / "m.ckpt"))
@@ -205,24 +214,8 @@ def test_two_slurm_tasks_end_with_identical_weights(records_dir, slim_t7, tmp_pa
     step = {"SLURM_JOB_ID": str(_slurm_job_with_free_ports(2)), "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2",
             "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_STEP_TASKS_PER_NODE": "2",
             "SLURM_NODELIST": "127.0.0.1"}
-    tasks = [subprocess.Popen(command, env={**base, **step, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in range(2)]
-    outputs = []
-    try:
-        for task in tasks:
-            stdout, stderr = task.communicate(timeout=400)
-            assert task.returncode == 0, stderr[-3000:]
-            outputs.append(stdout)
-    finally:
-        for task in tasks:
-            if task.poll() is None:
-                task.kill()
-    digests = [re.search(r"^final weights digest: ([0-9a-f]{64})$", out, re.M).group(1) for out in outputs]
-    assert digests[0] == digests[1]
-    for index, out in enumerate(outputs):
-        assert "MultiWorkerMirroredStrategy, 2 replica(s) on 2 worker(s)" in out
-        assert f"this is worker {index}" in out
-    assert "(chief)" in outputs[0] and "the chief writes the outputs" in outputs[1]
+    outputs = _two_processes_train(command, [{**base, **step, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
+                                             for rank in range(2)])
+    _equal_digests_on_two_workers(outputs)
     assert output.exists() and tf.train.latest_checkpoint(str(tmp_path / "slurm" / "m.ckpt"))
     assert f"model: {output}" in outputs[0] and f"model: {output}" not in outputs[1]
