@@ -210,7 +210,7 @@ def main() -> int:
     notes = [
         f"{args.images} generated {JPEG_SIZE}x{JPEG_SIZE} JPEGs -> {IMAGE_SIZE}x{IMAGE_SIZE} records; batch {BATCH}; "
         f"best of {args.rounds} alternating rounds of ~{args.seconds:.0f} s each",
-        f"rounds per contestant (images/s): "
+        "rounds per contestant (images/s): "
         + "; ".join(f"{m.name}: {', '.join(f'{x:,.0f}' for x in m.rates)}" for m in meters.values()),
         f"load average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f} on {os.cpu_count()} cores",
         f"TensorFlow {tf.__version__}; augmentation ranges: rotation ±{DEFAULT_PARAMS.rotation_degrees:g}°, "

@@ -25,7 +25,6 @@ def main() -> None:
 
     import keras
     import numpy as np
-    import tensorflow as tf
 
     from model.defaults import DEFAULT_CUT_LAYER
     from model.network.backbone import load_backbone

@@ -61,7 +61,7 @@ def test_training_counts_a_score_of_one_half_as_female(half_model, records_dir):
 def test_evaluate_classify_and_savedmodel_say_female_at_one_half(half_model, records_dir, adience_root, tmp_path):
     from model.evaluation.evaluate import evaluate
     from model.inference.classify import classify_files
-    from model.inference.serving import LABEL_OUTPUT, SERVING_DEFAULT, export_savedmodel
+    from model.network.serving import LABEL_OUTPUT, SERVING_DEFAULT, export_savedmodel
 
     clone, path = half_model
     result = evaluate(path, records_dir, split="valid")

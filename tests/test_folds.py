@@ -24,7 +24,7 @@ from pipeline.folds import (FOLD_FILE, FOLD_SPLITS, N_FOLDS, FoldRow, check_subj
 from pipeline.manifest import load_manifest
 from pipeline.reader import make_dataset
 from pipeline.records import decode_example
-from pipeline.schema import AGE_UNKNOWN, LABEL_NAMES, MANIFEST_NAME, REJECTS_NAME, age_group_of
+from pipeline.schema import AGE_UNKNOWN, MANIFEST_NAME, REJECTS_NAME, age_group_of
 from pipeline.synthetic.tree import BAD_ROW_KINDS, make_adience_folds, make_adience_tree
 from tests.conftest import CLI, ROOT
 

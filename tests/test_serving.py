@@ -1,4 +1,4 @@
-"""The SavedModel for serving (model/inference/serving.py), and models that load without this project.
+"""The SavedModel for serving (model/network/serving.py), and models that load without this project.
 
 `serve_images` must see the pixels `classify` sees: its in-graph decoding is compared with
 `pipeline.decode.decode_image`, and its scores with `classify`, on the same files (generated faces
@@ -24,7 +24,7 @@ import tensorflow as tf
 from PIL import Image
 
 from model.errors import ModelError
-from model.inference.serving import (KERAS_SERVE, LABEL_OUTPUT, PROBABILITY_OUTPUT, SERVE_IMAGES, SERVING_DEFAULT,
+from model.network.serving import (KERAS_SERVE, LABEL_OUTPUT, PROBABILITY_OUTPUT, SERVE_IMAGES, SERVING_DEFAULT,
                            decode_for_model, exif_orientation, export_savedmodel)
 from pipeline.decode import decode_image
 from pipeline.schema import DEFAULT_IMAGE_SIZE, LABEL_NAMES

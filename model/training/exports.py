@@ -1,5 +1,5 @@
 """What a finished run leaves behind: the .keras model, the SavedModel for TF Serving (with a signature
-that takes encoded images: model/inference/serving.py), the history CSV,
+that takes encoded images: model/network/serving.py), the history CSV,
 and the digest that proves every worker ended with the same weights.
 
 Saved and exported in float32 outside the strategy, so they load and serve anywhere; each written
@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from model.network.head import as_float32
 from model.runtime import precision
-from model.inference.serving import export_savedmodel
+from model.network.serving import export_savedmodel
 from pipeline.files import replacing
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "images_per_s", "seconds")
@@ -31,7 +31,7 @@ def write_outputs(model: keras.Model, paths: dict[str, str], history: list[dict]
         final = as_float32(model)
     with replacing(output, suffix=".keras") as partial:
         final.save(partial)
-    export_savedmodel(final, savedmodel)        # atomic itself; signatures in model/inference/serving.py
+    export_savedmodel(final, savedmodel)        # atomic itself; signatures in model/network/serving.py
     with open(paths["history_csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         writer.writeheader()
