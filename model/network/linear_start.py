@@ -73,13 +73,14 @@ def _embed(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u[:, keep], s[keep]
 
 
-def _newton(z: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
-    """Minimize mean log-loss(z v + b) + lam/2 |v|^2 (b unpenalized): damped Newton."""
+def _newton(z: np.ndarray, y: np.ndarray, lam: float, start: np.ndarray | None = None) -> np.ndarray:
+    """Minimize mean log-loss(z v + b) + lam/2 |v|^2 (b unpenalized): damped Newton from `start`
+    (a neighbouring strength's answer: far fewer steps than from 0 when lam is small); [v, b]."""
     n, r = z.shape
     a = np.hstack([z, np.ones((n, 1))])
     penalty = np.full(r + 1, lam)
     penalty[-1] = 0.0
-    theta = np.zeros(r + 1)
+    theta = np.zeros(r + 1) if start is None else start.copy()
 
     def objective(t):
         return _log_loss(a @ t, y) + 0.5 * lam * float(t[:-1] @ t[:-1])
@@ -100,14 +101,14 @@ def _newton(z: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, float
                 break
             size *= 0.5
         theta, current = theta - size * step, trial
-    return theta[:-1], float(theta[-1])
+    return theta
 
 
 def _fit_dual(gram: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
     """(beta, b) with w = X' beta: the regression on the images whose Gram matrix is `gram`."""
     u, s = _embed(gram)
-    v, b = _newton(u * np.sqrt(s), y, lam)
-    return u @ (v / np.sqrt(s)), b
+    theta = _newton(u * np.sqrt(s), y, lam)
+    return u @ (theta[:-1] / np.sqrt(s)), float(theta[-1])
 
 
 def choose_strength(gram: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -122,9 +123,10 @@ def choose_strength(gram: np.ndarray, y: np.ndarray) -> tuple[float, float, floa
             continue
         sub = gram[np.ix_(train, train)]
         u, s = _embed(sub)
-        for c in LAMBDA_GRID:
-            v, b = _newton(u * np.sqrt(s), y[train], c * scale)
-            held_logits[c][held] = gram[np.ix_(held, train)] @ (u @ (v / np.sqrt(s))) + b
+        theta = None
+        for c in sorted(LAMBDA_GRID, reverse=True):     # strong to weak, each from the last: warm starts
+            theta = _newton(u * np.sqrt(s), y[train], c * scale, theta)
+            held_logits[c][held] = gram[np.ix_(held, train)] @ (u @ (theta[:-1] / np.sqrt(s))) + theta[-1]
     scores = {c: (_log_loss(f, y), float(np.mean((f > 0) == (y > 0.5)))) for c, f in held_logits.items()}
     best = min(LAMBDA_GRID, key=lambda c: (scores[c][0], c))
     return best, *scores[best]
