@@ -6,6 +6,8 @@ the records training read. Under a multi-replica strategy the dataset is distrib
 `distribute_datasets_from_function` and every replica's outputs are gathered back with their labels,
 ages and paths; a count check proves every example was scored exactly once.
 """
+# Over 350 lines: one split's scoring (one device or several replicas) and its metrics, which the
+# report, the model card and evaluate --folds all read; metrics and scoring change together.
 from __future__ import annotations
 
 import inspect

@@ -10,6 +10,8 @@ reference index, version string "V 1", class name string, class payload); 5 bool
 A reference index already written means "the same object again". Little-endian; int 4 bytes,
 long 8 bytes.
 """
+# About 350 lines: the Torch7 serializer and the VGG-Face-structured stand-in with its matched
+# weight scales; the writer is the reader's independent counterpart, so it stays whole.
 from __future__ import annotations
 
 import struct

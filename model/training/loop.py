@@ -5,6 +5,8 @@ datasets.py (the data), exports.py (the outputs), events.py (the progress events
 only orders them: set-up, then per epoch the training calls — each ends at a checkpoint boundary,
 the end of the data or after about AUTO_CALL_SECONDS of steps — validation, the epoch's checkpoint.
 """
+# Over 350 lines: _Run holds one run's shared state, and its set-up, epoch and output steps read
+# in order; splitting it would pass that state between modules. The pieces it orders live elsewhere.
 from __future__ import annotations
 
 import json
