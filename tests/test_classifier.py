@@ -110,12 +110,12 @@ def test_cut_and_freeze_are_layer_names(float32_policy):
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"cut_layer": "layer30"}, ["--cut-layer", "'layer30'", "relu4_2", "conv5_3", "pool5"]),
-    ({"freeze_through": "conv9_9"}, ["--freeze-through", "'conv9_9'", "conv1_1", "relu4_2"]),
+    ({"cut_layer": "layer30"}, ["`cut_layer`", "'layer30'", "relu4_2", "conv5_3", "pool5"]),
+    ({"freeze_through": "conv9_9"}, ["`freeze_through`", "'conv9_9'", "conv1_1", "relu4_2"]),
     ({"cut_layer": "relu3_3", "freeze_through": "relu4_2"}, ["comes after", "relu3_3"]),
-    ({"dense_units": 0}, ["--dense-units"]),
-    ({"dropout": 1.0}, ["--dropout"]),
-    ({"head": "fancy"}, ["--head", "'fancy'", "standardized", "original"]),
+    ({"dense_units": 0}, ["`dense_units`"]),
+    ({"dropout": 1.0}, ["`dropout`"]),
+    ({"head": "fancy"}, ["`head`", "'fancy'", "standardized", "original"]),
 ])
 def test_bad_options_are_clear_errors(kwargs, words, float32_policy):
     with pytest.raises(ModelError) as err:

@@ -311,7 +311,7 @@ def test_ctrl_c_keeps_the_rows_written_valid_json_and_says_so(classifier_path, m
                 if self.done == 4:
                     raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_ScoringBars", InterruptingProgress)
+    monkeypatch.setattr(cli, "ScoringBars", InterruptingProgress)
     target = tmp_path / "rows.json"
     status, out, err = _run(["classify", "-m", classifier_path, "-i", mixed_folder, "--format", "json", "-b", "1",
                              "-o", str(target)], capsys)
