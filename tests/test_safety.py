@@ -240,7 +240,7 @@ def test_train_output_check_runs_in_check_config(slim_t7, tiny_records, tmp_path
 
     config = TrainConfig(weights=slim_t7, records=tiny_records, output=str(tmp_path / "m.keras"),
                          log_dir=tiny_records)
-    with pytest.raises(DataError, match="--log-dir .* is the input -i"):
+    with pytest.raises(DataError, match="`log_dir` .* is the input `records`"):
         _check_config(config)
     _check_config(TrainConfig(weights=slim_t7, records=tiny_records, output=str(tmp_path / "m.keras")))
 

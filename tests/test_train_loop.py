@@ -36,8 +36,10 @@ def test_steps_per_call_do_not_change_what_is_learned(slim_t7, records_dir, tmp_
 
 
 def test_xla_step_gives_the_same_training_within_tolerance(slim_t7, records_dir, tmp_path):
-    """--jit on against off: the same losses to 1e-4 relative and the same weights to 1e-6 (Adam's
-    steps here are 1e-4: a different kernel's rounding moves a weight by far less than one step).
+    """--jit on against off: the same losses to 1e-4 relative and the same weights to 1e-5, a tenth of
+    one of Adam's 1e-4 steps (measured: 3.6e-6 at most). From the linear start many gradients are
+    near zero, where Adam's m/sqrt(v) turns a kernel's rounding into a visible part of a step; a
+    real difference in the step (a wrong sign, a lost term) moves weights by whole steps.
     Without dropout: under XLA, TensorFlow's stateless random ops may pick another generator
     algorithm, so dropout draws other masks — the same distribution, not the same numbers."""
     runs = {}
@@ -49,9 +51,12 @@ def test_xla_step_gives_the_same_training_within_tolerance(slim_t7, records_dir,
     (history_off, weights_off), (history_on, weights_on) = runs["off"], runs["on"]
     for row_off, row_on in zip(history_off, history_on):
         for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+            if row_off[key] is None:  # epoch 0 (the linear start) trains no step: no training loss
+                assert row_on[key] is None, key
+                continue
             assert row_on[key] == pytest.approx(row_off[key], rel=1e-4, abs=1e-6), key
     for a, b in zip(weights_off, weights_on):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_device_side_augmentation_gives_the_host_side_images(records_dir):
