@@ -11,31 +11,59 @@ import numpy as np
 
 from pipeline.schema import DEFAULT_IMAGE_SIZE, LABEL_NAMES
 
-__all__ = ["DECISION_THRESHOLD", "POSITIVE_CLASS", "DECISION_RULE", "DEFAULT_IMAGE_SIZE", "predicted_labels",
-           "label_name", "predicted_male", "male_probability", "image_size_of"]
+__all__ = ["DECISION_THRESHOLD", "POSITIVE_CLASS", "DECISION_RULE", "DEFAULT_IMAGE_SIZE", "THRESHOLD_SOURCES",
+           "decision_rule", "checked_threshold", "predicted_labels", "label_name", "predicted_male",
+           "male_probability", "image_size_of"]
 
 # A score above this is "male" (label 1). Strictly greater, as keras.metrics.binary_accuracy decides,
 # so `evaluate`'s accuracy equals what Keras would report for the same scores.
 DECISION_THRESHOLD = 0.5
 POSITIVE_CLASS = LABEL_NAMES[1]
-DECISION_RULE = f"predicted {POSITIVE_CLASS} when score > {DECISION_THRESHOLD}, {LABEL_NAMES[0]} otherwise"
+# Where the threshold a command decides at came from: DECISION_THRESHOLD, a `threshold` the user
+# gave, or the one `evaluate` stored in the model file (model/network/calibrated.py).
+THRESHOLD_SOURCES = ("default", "flag", "model")
 
 
-def predicted_labels(scores: np.ndarray) -> np.ndarray:
-    """0/1 decisions at DECISION_THRESHOLD (1 = male)."""
-    return (np.asarray(scores) > DECISION_THRESHOLD).astype(np.int64)
+def decision_rule(threshold: float = DECISION_THRESHOLD) -> str:
+    """The rule in words, for reports and model cards."""
+    return f"predicted {POSITIVE_CLASS} when score > {threshold:.6g}, {LABEL_NAMES[0]} otherwise"
 
 
-def label_name(score: float) -> str:
+DECISION_RULE = decision_rule()
+
+
+def checked_threshold(value: float) -> float:
+    """`value` as a float in [0, 1]; InputError (field "threshold") otherwise."""
+    from pipeline.errors import InputError
+
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"`threshold` must be a number in [0, 1], got {value!r}", field="threshold") from None
+    if not 0.0 <= threshold <= 1.0:      # (NaN fails this too)
+        raise InputError(f"`threshold` must be in [0, 1], got {value!r}", field="threshold")
+    return threshold
+
+
+# The threshold is taken as the nearest float32, the value the SavedModel's `label` compares the
+# model's float32 scores with: a threshold like 0.3 is not a float32, and comparing a float32 score
+# with the float64 0.3 could decide otherwise.
+def predicted_labels(scores: np.ndarray, threshold: float = DECISION_THRESHOLD) -> np.ndarray:
+    """0/1 decisions at `threshold` (1 = male)."""
+    return (np.asarray(scores) > np.float32(threshold)).astype(np.int64)
+
+
+def label_name(score: float, threshold: float = DECISION_THRESHOLD) -> str:
     """"female" or "male" for one sigmoid score."""
-    return LABEL_NAMES[int(score > DECISION_THRESHOLD)]
+    return LABEL_NAMES[int(score > float(np.float32(threshold)))]
 
 
-def predicted_male(scores):
-    """The TensorFlow twin of `predicted_labels`: float32 1.0 where a score is male, else 0.0."""
+def predicted_male(scores, threshold: float = DECISION_THRESHOLD):
+    """The TensorFlow twin of `predicted_labels`: float32 1.0 where a score is male, else 0.0.
+    The threshold is compared in float32, as the scores are."""
     import tensorflow as tf
 
-    return tf.cast(tf.cast(scores, tf.float32) > DECISION_THRESHOLD, tf.float32)
+    return tf.cast(tf.cast(scores, tf.float32) > tf.constant(threshold, tf.float32), tf.float32)
 
 
 def male_probability(model, pixels):

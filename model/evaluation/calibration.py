@@ -150,8 +150,10 @@ def _by_gender(labels: np.ndarray, predicted: np.ndarray) -> dict:
 def rates_at(labels, scores, ages, threshold: float) -> dict:
     """Accuracy and error rate overall, per true gender and per age group (with its genders) when
     deciding male for score > threshold."""
+    from model.contract import predicted_labels
+
     labels = np.asarray(labels, np.int64)
-    predicted = (np.asarray(scores) > threshold).astype(np.int64)
+    predicted = predicted_labels(scores, threshold)
     groups = np.array([age_group_of(int(a)) for a in ages], dtype=object)
     out = {"threshold": float(threshold), **_rates(labels, predicted), "by_gender": _by_gender(labels, predicted)}
     out["by_age"] = {}
@@ -189,6 +191,7 @@ def choose_thresholds(labels, scores) -> dict:
     # np.lexsort sorts by its last key first.
     equal = int(np.lexsort((near_half, -accuracy, np.round(gap, 12)))[0])
     best = int(np.lexsort((near_half, -np.round(accuracy, 12)))[0])
-    return {name: {"threshold": float(candidates[i]), "accuracy": float(accuracy[i]),
+    # Thresholds as float32 values: what the model's float32 scores are compared with (model/contract.py).
+    return {name: {"threshold": float(np.float32(candidates[i])), "accuracy": float(accuracy[i]),
                    "error_rate": {LABEL_NAMES[0]: float(female_error[i]), LABEL_NAMES[1]: float(male_error[i])}}
             for name, i in ((EQUAL_ERROR, equal), (MAX_ACCURACY, best))}

@@ -4,7 +4,8 @@ that takes encoded image files, decoded in-graph the way `pipeline.decode.decode
 Signatures (all outputs per image):
 - `serving_default`: `image`, uint8 [-1, S, S, 3] BGR pixels (what `decode_image` returns) ->
   `male_probability` (float32 [-1]: the sigmoid, probability of male) and `label` (string [-1]:
-  "female" or "male", male when the probability is above `DECISION_THRESHOLD`, as `classify` and
+  "female" or "male", male when the probability is above the export's threshold: `DECISION_THRESHOLD`
+  unless one is given, e.g. the one `evaluate` stored in the model file; as `classify` and
   `evaluate` decide).
 - `serve_images`: `images`, string [-1]: the bytes of JPEG, PNG, WebP, GIF or BMP files -> the same
   two outputs. Each file is decoded as `decode_image` does it, in TensorFlow ops (a server runs no
@@ -26,7 +27,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from model.contract import image_size_of, male_probability, predicted_male
+from model.contract import DECISION_THRESHOLD, checked_threshold, image_size_of, male_probability, predicted_male
 from model.errors import ModelError
 from model.network.head import OUTPUT_LAYER, is_classifier
 from pipeline.decode import MAX_PIXELS
@@ -238,15 +239,17 @@ def decode_batch(images: tf.Tensor, size: int) -> tf.Tensor:
 
 
 # ------------------------------------------------------------------ the export
-def _named(probability: tf.Tensor) -> dict[str, tf.Tensor]:
+def _named(probability: tf.Tensor, threshold: float = DECISION_THRESHOLD) -> dict[str, tf.Tensor]:
     probability = tf.reshape(probability, [-1])
-    male = tf.cast(predicted_male(probability), tf.int32)
+    male = tf.cast(predicted_male(probability, threshold), tf.int32)
     return {PROBABILITY_OUTPUT: probability, LABEL_OUTPUT: tf.gather(tf.constant(LABEL_NAMES), male)}
 
 
-def export_savedmodel(model: keras.Model, directory: str) -> None:
+def export_savedmodel(model: keras.Model, directory: str, threshold: float = DECISION_THRESHOLD) -> None:
     """Write the classifier's SavedModel to `directory` (replaced whole; a crash never leaves half of
-    one there): the signatures of the module docstring. ModelError if `model` is not a classifier."""
+    one there): the signatures of the module docstring, `label` deciding at `threshold`. ModelError
+    if `model` is not a classifier."""
+    threshold = checked_threshold(threshold)
     if not is_classifier(model):
         raise ModelError(f"cannot export {model.name!r} for serving: not a gender classifier "
                          f"(a single one-unit '{OUTPUT_LAYER}' probability output is needed)")
@@ -254,8 +257,8 @@ def export_savedmodel(model: keras.Model, directory: str) -> None:
     pixels = tf.TensorSpec([None, size, size, 3], tf.uint8, name="image")
     encoded = tf.TensorSpec([None], tf.string, name="images")
     endpoints = {
-        SERVING_DEFAULT: (lambda image: _named(male_probability(model, image)), pixels),
-        SERVE_IMAGES: (lambda images: _named(male_probability(model, decode_batch(images, size))), encoded),
+        SERVING_DEFAULT: (lambda image: _named(male_probability(model, image), threshold), pixels),
+        SERVE_IMAGES: (lambda images: _named(male_probability(model, decode_batch(images, size)), threshold), encoded),
         KERAS_SERVE: (lambda image: male_probability(model, image), pixels),
     }
     archive = keras.export.ExportArchive()
