@@ -315,6 +315,17 @@ def add_evaluate_parser(sub) -> None:
                    help="low: stream the records (default); high: decode them into RAM first")
     p.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "multiworker"], default="auto",
                    help="auto (default): mirrored over several local GPUs, else one device")
+    p.add_argument("--threshold", type=_float_in(0.0, 1.0, high_open=False), default=None, metavar="T",
+                   help="decide male when score > T (default: the threshold stored in the model, else 0.5)")
+    p.add_argument("--calibrate-on", default=None, metavar="SPLIT",
+                   help="fit a temperature (Guo et al. 2017) and choose the thresholds that equalize the genders' "
+                        "error rates and that maximize accuracy on SPLIT, never a reported split; the report's "
+                        "scores are then temperature-scaled")
+    p.add_argument("--store-calibration", action="store_true",
+                   help="rewrite -m (and the SavedModel beside it) with the temperature fitted by --calibrate-on")
+    p.add_argument("--store-threshold", default=None, metavar="equal_error|max_accuracy|T",
+                   help="rewrite -m (and the SavedModel beside it) with this decision threshold, which classify "
+                        "and the SavedModel's label then use; a chosen one needs --store-calibration")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -322,6 +333,9 @@ def _evaluate_folds(args) -> int:
     from model.evaluation.crossval import evaluate_folds
     from model.evaluation.report import default_report_dir
 
+    if args.threshold is not None or args.calibrate_on or args.store_calibration or args.store_threshold:
+        return _fail("--folds decides at each fold model's own threshold; drop --threshold, --calibrate-on "
+                     "and --store-* (calibrate one model at a time)")
     if args.split is not None:
         return _fail("--folds evaluates fold K's model on fold K for every K; drop --split "
                      "(or drop --folds and give -m one model with --split foldK)")
@@ -348,7 +362,9 @@ def cmd_evaluate(args) -> int:
     if args.folds:
         return _evaluate_folds(args)
     evaluation = evaluate(args.model, args.input, split=args.split or "valid", batch_size=args.batch_size,
-                          memory=args.memory, strategy=args.strategy, progress=ScoringBars())
+                          memory=args.memory, strategy=args.strategy, progress=ScoringBars(),
+                          threshold=args.threshold, calibrate_on=args.calibrate_on,
+                          store_calibration=args.store_calibration, store_threshold=args.store_threshold)
     report_dir = args.report_dir or default_report_dir(args.model)
     try:
         report = write_report(evaluation, report_dir)
@@ -390,6 +406,9 @@ def add_classify_parser(sub) -> None:
                         "per line)")
     p.add_argument("-o", "--output", default=None, help="write the rows to this file instead of stdout")
     p.add_argument("-b", "--batch-size", type=int, default=64, help="faces per model call (default 64)")
+    p.add_argument("--threshold", type=_float_in(0.0, 1.0, high_open=False), default=None, metavar="T",
+                   help="male when score > T (default: the threshold `evaluate --store-threshold` stored in the "
+                        "model, else 0.5)")
     p.set_defaults(func=cmd_classify)
 
 
@@ -408,7 +427,7 @@ def _familiar_form(rows: list) -> int | None:
 
 
 def cmd_classify(args) -> int:
-    from model.inference.classify import ClassifyStream
+    from model.inference.classify import ClassifyStream, resolve_threshold
     from model.inference.inputs import Inputs
     from model.inference.output import RowWriter, summary_line
     from model.network.head import load_classifier
@@ -419,6 +438,10 @@ def cmd_classify(args) -> int:
     if outputs:
         _check_outputs(outputs, [(args.model, "-m"), *((p, "-i") for p in args.input)])
     model = load_classifier(args.model)
+    threshold, source = resolve_threshold(args.model, args.threshold)
+    if source != "default":
+        print(f"deciding male when score > {threshold:.6g} ({'--threshold' if source == 'flag' else 'stored in the model'})",
+              file=sys.stderr)
     inputs = Inputs(args.input)
     if args.annotate:
         try:
@@ -426,7 +449,7 @@ def cmd_classify(args) -> int:
         except OSError as err:
             return _fail(f"cannot create {args.annotate} ({err.strerror or err}); pass a writable --annotate folder")
     stream = ClassifyStream(model, inputs, faces=args.faces, min_face=args.min_face, batch_size=args.batch_size,
-                            progress=ScoringBars(), annotate_dir=args.annotate, total=inputs.count)
+                            progress=ScoringBars(), annotate_dir=args.annotate, total=inputs.count, threshold=threshold)
     rows = iter(stream)
     if args.format is None and args.output is None and inputs.single_image:
         first = list(stream)          # one file: its faces

@@ -294,7 +294,26 @@ def evaluate_summary_lines(body: dict, report_dir: str) -> list[str]:
             lines.append(f"  every age group ({len(filled)} with examples) at accuracy {worst['accuracy']:.4f}")
         elif worst is not None:
             lines.append(f"  worst age group: {worst['group']} accuracy={worst['accuracy']:.4f} (n={worst['n']})")
+        lines += _calibration_summary(m)
+    if "threshold_source" in body:
+        lines.append(f"threshold {body['threshold']:.6g} ({body['threshold_source']}); temperature "
+                     f"{body['temperature']['value']:.4g} ({body['temperature']['source']})")
+    for key, value in (body.get("stored") or {}).items():
+        if key in ("temperature", "threshold"):
+            lines.append(f"stored {key} {value:.6g} in {body['stored']['model']}")
     lines.append(f"report: {os.path.join(report_dir, report.REPORT_NAME)} (plots and {report.PREDICTIONS_NAME} beside it)")
+    return lines
+
+
+def _calibration_summary(m: dict) -> list[str]:
+    """ECE and Brier of a split and each gender's error rate at each threshold the report looked at."""
+    c = m.get("calibration")
+    if c is None:
+        return []
+    lines = [f"  calibration: ECE={c['ece']:.4f} ({c['bins']} bins)  Brier={c['brier']:.4f}"]
+    for key, at in (m.get("at_thresholds") or {}).items():
+        rates = "  ".join(f"{g}={e['error_rate']:.4f}" for g, e in at["by_gender"].items() if e["n"])
+        lines.append(f"  error rate at {key} ({at['threshold']:.4g}): {rates}")
     return lines
 
 

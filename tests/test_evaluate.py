@@ -182,7 +182,7 @@ def test_plots_are_png_files_with_content(report, report_dir):
     plots = report["files"]["plots"]
     assert set(plots) == set(report["splits"])
     for split, files in plots.items():
-        assert set(files) == {"roc", "confusion", "age_accuracy", "score_hist"}
+        assert set(files) == {"roc", "confusion", "age_accuracy", "score_hist", "reliability"}
         for name in files.values():
             path = os.path.join(report_dir, name)
             with open(path, "rb") as f:

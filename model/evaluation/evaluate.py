@@ -19,6 +19,7 @@ import numpy as np
 
 from model.contract import DECISION_THRESHOLD, POSITIVE_CLASS, image_size_of, male_probability, predicted_labels
 from model.errors import ModelError
+from model.evaluation.calibration import calibration_metrics
 from model.progress import Advanced, Ended, Progress, Started
 from pipeline.errors import DataError
 from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of
@@ -67,6 +68,9 @@ class Evaluation:
     records_dir: str
     predictions: dict[str, SplitPredictions]
     metrics: dict[str, dict] = field(default_factory=dict)
+    # The threshold decided at and its source, the model's temperature, the calibration fit and
+    # what was stored (model/evaluation/decision.py).
+    decision: dict = field(default_factory=lambda: {"threshold": DECISION_THRESHOLD, "source": "default"})
 
 
 # ------------------------------------------------------------------ metrics
@@ -95,8 +99,10 @@ def _per_gender(labels: np.ndarray, predicted: np.ndarray) -> dict:
             for k, name in enumerate(LABEL_NAMES)}
 
 
-def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> dict:
-    """All report numbers of one split from its per-example labels (0/1), scores and ages.
+def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray,
+                  threshold: float = DECISION_THRESHOLD) -> dict:
+    """All report numbers of one split from its per-example labels (0/1), scores and ages, deciding
+    male for score > threshold; calibration (ECE, Brier) does not depend on the threshold.
 
     Degenerate inputs stay valid JSON: a split with one class only has `auc` null and an
     `auc_note`; an age group or gender without examples has n = 0 and accuracy null.
@@ -115,7 +121,7 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> d
         raise DataError("no examples to evaluate")
     if set(np.unique(labels)) - {0, 1}:
         raise DataError(f"labels must be 0 (female) or 1 (male), got {sorted(set(np.unique(labels)))}")
-    predicted = predicted_labels(scores)
+    predicted = predicted_labels(scores, threshold)
 
     out: dict = {"n": n, "accuracy": _accuracy(labels, predicted),
                  "loss": binary_cross_entropy(labels, scores), "auc": None,
@@ -127,7 +133,7 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> d
     else:
         only = LABEL_NAMES[int(labels[0])]
         out["auc_note"] = f"undefined: every example is {only} (ROC AUC needs both classes)"
-    out["threshold"] = DECISION_THRESHOLD
+    out["threshold"] = float(threshold)
     out["positive_class"] = POSITIVE_CLASS
     # labels=[0, 1] keeps the 2x2 shape and class order even when a class is missing.
     out["confusion_matrix"] = confusion_matrix(labels, predicted, labels=[0, 1]).tolist()
@@ -149,6 +155,7 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> d
         by_age[name] = entry
     out["by_age"] = by_age
     out["worst_age_group"] = worst_age_group(by_age)
+    out["calibration"] = calibration_metrics(labels, scores, ages)
     return out
 
 
@@ -360,9 +367,20 @@ def check_finite_scores(predictions: SplitPredictions, model_path: str) -> None:
                          f"images of split {predictions.split}: the model is broken; retrain it")
 
 
+# Over 50 lines: the settings' checks, then load, score, calibrate, measure and store in order.
 def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size: int = 64,
-             memory: str = "low", strategy: str = "auto", progress: Progress | None = None) -> Evaluation:
-    """Load a classifier, score the split(s) of a records directory, compute the metrics."""
+             memory: str = "low", strategy: str = "auto", progress: Progress | None = None,
+             threshold: float | None = None, calibrate_on: str | None = None, store_calibration: bool = False,
+             store_threshold: str | None = None) -> Evaluation:
+    """Load a classifier, score the split(s) of a records directory, compute the metrics.
+
+    threshold: decide at it (default: the model's stored threshold, else DECISION_THRESHOLD).
+    calibrate_on: a split, never a reported one, to fit a temperature and choose thresholds on; the
+    reported scores are then temperature-scaled. store_calibration / store_threshold (equal_error,
+    max_accuracy or a number): rewrite the model file with them (model/evaluation/decision.py).
+    """
+    from model.evaluation import decision as steps
+    from model.network.calibrated import logit_model, stored_threshold, temperature_of
     from model.network.head import load_classifier
     from model.runtime import cluster_tasks, select_strategy
     from pipeline.schema import MEMORY_MODES
@@ -374,14 +392,35 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
     if strategy == "multiworker" or (strategy == "auto" and cluster_tasks() > 1):
         raise ModelError(_ONE_MACHINE)
     splits = resolve_splits(records_dir, split)
+    steps.check_request(splits, threshold, calibrate_on, store_calibration, store_threshold)
+    if calibrate_on is not None:
+        resolve_splits(records_dir, calibrate_on)
     chosen = select_strategy(strategy)
     with chosen.scope():
         model = load_classifier(model_path)
-    predictions = {}
-    for name in splits:
+        # With a calibration split, every split is scored as logits, turned into scores by decision.calibrate.
+        scorer = logit_model(model) if calibrate_on is not None else model
+
+    def score(name: str) -> SplitPredictions:
         with _records_to_blame(records_dir, name):
-            predictions[name] = predict_split(model, records_dir, name, batch_size=batch_size, memory=memory,
-                                              strategy=chosen, progress=progress)
-        check_finite_scores(predictions[name], model_path)
-    metrics = {name: split_metrics(p.labels, p.scores, p.ages) for name, p in predictions.items()}
-    return Evaluation(model_path=model_path, records_dir=records_dir, predictions=predictions, metrics=metrics)
+            scored = predict_split(scorer, records_dir, name, batch_size=batch_size, memory=memory,
+                                   strategy=chosen, progress=progress)
+        check_finite_scores(scored, model_path)
+        return scored
+
+    predictions = {name: score(name) for name in splits}
+    decision = steps.resolve_threshold(threshold, stored_threshold(model_path))
+    decision["temperature"] = temperature_of(model)
+    fit = steps.calibrate(score(calibrate_on), predictions, decision["temperature"]) if calibrate_on else None
+    storing = steps.threshold_to_store(store_threshold, fit)
+    if storing is not None and threshold is None:
+        decision.update(threshold=storing, source="model")
+    if store_calibration or storing is not None:
+        decision["stored"] = steps.store(model_path, model, fit, store_calibration, storing, store_threshold,
+                                         records_dir)
+    decision["calibration_fit"] = fit
+    metrics = {name: split_metrics(p.labels, p.scores, p.ages, decision["threshold"])
+               for name, p in predictions.items()}
+    steps.add_group_rates(metrics, predictions, steps.thresholds_for_groups(decision, fit))
+    return Evaluation(model_path=model_path, records_dir=records_dir, predictions=predictions, metrics=metrics,
+                      decision=decision)

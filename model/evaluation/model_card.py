@@ -81,7 +81,81 @@ def _split_section(split: str, m: dict) -> list[str]:
         lines += ["", f"Every age group with faces at accuracy {worst['accuracy']:.3f}."]
     elif worst is not None:
         lines += ["", f"Worst age group: **{worst['group']}**, accuracy {worst['accuracy']:.3f} (n = {worst['n']})."]
+    return lines + [""] + _calibration_lines(m) + _threshold_lines(m)
+
+
+def _number(value, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _calibration_lines(m: dict) -> list[str]:
+    """ECE and Brier score overall, per true gender and per age group (by gender within it)."""
+    c = m.get("calibration")
+    if c is None:
+        return []
+    lines = [f"Calibration ({c['ece_rule']}; {c['brier_rule']}):", "",
+             "| group | n | ECE | Brier |", "|---|---:|---:|---:|",
+             f"| all | {c['n']} | {_number(c['ece'])} | {_number(c['brier'])} |"]
+    lines += [f"| {name} | {e['n']} | {_number(e['ece'])} | {_number(e['brier'])} |"
+              for name, e in c["by_gender"].items()]
+    for group, e in c["by_age"].items():
+        if e["n"]:
+            genders = ", ".join(f"{g} {_number(x['ece'], 3)} (n={x['n']})" for g, x in e["by_gender"].items() if x["n"])
+            lines.append(f"| age {group} (ECE by gender: {genders}) | {e['n']} | {_number(e['ece'])} | {_number(e['brier'])} |")
     return lines + [""]
+
+
+def _threshold_lines(m: dict) -> list[str]:
+    """Error rate of every group at each threshold the report looked at (the default 0.5, the one
+    decided at, and those chosen on the calibration split)."""
+    at = m.get("at_thresholds")
+    if not at:
+        return []
+    keys = list(at)
+    lines = ["Error rate (1 - accuracy) of each group at each threshold:", "",
+             "| group | " + " | ".join(f"{k} ({at[k]['threshold']:.4g})" for k in keys) + " |",
+             "|---|" + "---:|" * len(keys)]
+
+    def row(label: str, pick) -> str:
+        cells = []
+        for k in keys:
+            e = pick(at[k])
+            cells.append("–" if not e["n"] else f"{e['error_rate']:.3f} (n={e['n']})")
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines.append(row("all", lambda a: a))
+    lines += [row(g, lambda a, g=g: a["by_gender"][g]) for g in LABEL_NAMES]
+    for group in at[keys[0]]["by_age"]:
+        if at[keys[0]]["by_age"][group]["n"]:
+            lines.append(row(f"age {group}", lambda a, group=group: a["by_age"][group]))
+            lines += [row(f"age {group}, {g}", lambda a, group=group, g=g: a["by_age"][group]["by_gender"][g])
+                      for g in LABEL_NAMES]
+    return lines + [""]
+
+
+def _decision_lines(report: dict) -> list[str]:
+    """Which threshold decided, where it came from, the temperature, and the calibration fit."""
+    if "threshold_source" not in report:
+        return []
+    sources = {"default": "the default (model/contract.py)", "flag": "given to this run (`--threshold`)",
+               "model": "stored in the model file"}
+    lines = [f"- Decision threshold: {report['threshold']:.6g}, {sources[report['threshold_source']]}.",
+             f"- Temperature: {report['temperature']['value']:.4g}, {report['temperature']['source']}."]
+    fit = report.get("calibration_fit")
+    if fit:
+        o = fit["on_split"]
+        lines.append(f"- Temperature scaling fitted on split `{fit['split']}` (n = {fit['n']}), never a reported one: "
+                     f"ECE there {_number(o['ece_before'])} -> {_number(o['ece_after'])}, Brier "
+                     f"{_number(o['brier_before'])} -> {_number(o['brier_after'])}.")
+        for name, t in fit["thresholds"].items():
+            rates = ", ".join(f"{g} {v:.3f}" for g, v in t["error_rate"].items())
+            lines.append(f"- Threshold `{name}` chosen on `{fit['split']}`: {t['threshold']:.6g} (there: accuracy "
+                         f"{t['accuracy']:.3f}, error rate {rates}).")
+    if report.get("stored"):
+        stored = report["stored"]
+        what = ", ".join(f"{k} {stored[k]:.6g}" for k in ("temperature", "threshold") if k in stored)
+        lines.append(f"- Stored in `{stored['model']}` by this run: {what}.")
+    return lines
 
 
 def _data_lines(report: dict, manifest) -> list[str]:
@@ -108,6 +182,7 @@ def model_card(report: dict, manifest=None) -> str:
              "VGG-Face's lower layers, frozen, and a small trained head.",
              f"- Input: face crops as uint8 BGR images (the model subtracts the VGG-Face mean itself). "
              f"Output: the probability of `{report['positive_class']}`; {report['decision_rule']}.",
+             *_decision_lines(report),
              "", "## Data", "", *_data_lines(report, manifest), "",
              "## Metrics", "",
              f"Age groups: {', '.join(report['age_groups'])}. {report['age_group_rule']}", ""]

@@ -11,7 +11,7 @@ from model.contract import DECISION_THRESHOLD, POSITIVE_CLASS
 from model.evaluation.evaluate import SplitPredictions
 from pipeline.schema import LABEL_NAMES
 
-PLOT_KINDS = ("roc", "confusion", "age_accuracy", "score_hist")
+PLOT_KINDS = ("roc", "confusion", "age_accuracy", "score_hist", "reliability")
 CV_PLOTS = {"accuracy": "cv_accuracy.png", "age_accuracy": "cv_age_accuracy.png"}
 _GENDER_COLORS = {"female": "#c2477a", "male": "#2f6db5"}
 
@@ -31,13 +31,15 @@ def save(plt, fig, path: str) -> None:
     plt.close(fig)
 
 
-def write_plots(predictions: SplitPredictions, metrics: dict, report_dir: str) -> dict[str, str]:
-    """The four plots of one split; returns kind -> file name (relative to report_dir)."""
+def write_plots(predictions: SplitPredictions, metrics: dict, report_dir: str,
+                threshold: float = DECISION_THRESHOLD) -> dict[str, str]:
+    """The plots of one split (PLOT_KINDS); returns kind -> file name (relative to report_dir)."""
     names = {kind: f"{predictions.split}_{kind}.png" for kind in PLOT_KINDS}
     plot_roc(predictions, metrics, os.path.join(report_dir, names["roc"]))
     plot_confusion(predictions.split, metrics, os.path.join(report_dir, names["confusion"]))
     plot_age_accuracy(predictions.split, metrics, os.path.join(report_dir, names["age_accuracy"]))
-    plot_score_histogram(predictions, os.path.join(report_dir, names["score_hist"]))
+    plot_score_histogram(predictions, os.path.join(report_dir, names["score_hist"]), threshold)
+    plot_reliability(predictions, metrics, os.path.join(report_dir, names["reliability"]))
     return names
 
 
@@ -112,18 +114,49 @@ def plot_age_accuracy(split: str, metrics: dict, path: str) -> None:
     save(plt, fig, path)
 
 
-def plot_score_histogram(predictions: SplitPredictions, path: str) -> None:
+def plot_score_histogram(predictions: SplitPredictions, path: str, threshold: float = DECISION_THRESHOLD) -> None:
     plt, fig = figure(7.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     bins = np.linspace(0.0, 1.0, 41)
     for k, gender in enumerate(LABEL_NAMES):
         scores = predictions.scores[predictions.labels == k]
         ax.hist(scores, bins=bins, alpha=0.6, color=_GENDER_COLORS[gender], label=f"true {gender} (n={len(scores)})")
-    ax.axvline(DECISION_THRESHOLD, color="black", linestyle="--", linewidth=1, label="threshold")
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.4g}")
     ax.set_xlabel(f"score (sigmoid = probability of {POSITIVE_CLASS})")
     ax.set_ylabel("examples")
     ax.set_title(f"Score distribution per true class, {predictions.split}")
     ax.legend(loc="upper center")
+    save(plt, fig, path)
+
+
+def plot_reliability(predictions: SplitPredictions, metrics: dict, path: str) -> None:
+    """Reliability diagram (Guo et al. 2017): accuracy against mean confidence per confidence bin, for
+    the split and for each true gender, with the diagonal of perfect calibration and the bin counts."""
+    from model.evaluation.calibration import reliability_bins
+
+    calibration = metrics["calibration"]
+    plt, fig = figure(11.0, 4.8)
+    for i, (title, mask, color) in enumerate([("all", np.ones(predictions.n, bool), "#d55e00")] + [
+            (f"true {g}", predictions.labels == k, _GENDER_COLORS[g]) for k, g in enumerate(LABEL_NAMES)]):
+        ax = fig.add_subplot(1, 3, i + 1)
+        entry = calibration if title == "all" else calibration["by_gender"][title.split()[-1]]
+        filled = [b for b in reliability_bins(predictions.labels[mask], predictions.scores[mask]) if b["n"]]
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+        ax.bar([(b["low"] + b["high"]) / 2 for b in filled], [b["accuracy"] for b in filled],
+               width=1.0 / calibration["bins"], color=color, alpha=0.7, edgecolor="black", label="accuracy")
+        ax.plot([b["confidence"] for b in filled], [b["confidence"] for b in filled], "k.", label="mean confidence")
+        for b in filled:
+            ax.text((b["low"] + b["high"]) / 2, 1.02, str(b["n"]), ha="center", va="bottom", fontsize=6, rotation=90)
+        ece = "n/a" if entry["ece"] is None else f"{entry['ece']:.3f}"
+        brier = "n/a" if entry["brier"] is None else f"{entry['brier']:.3f}"
+        ax.set_title(f"{title} (n = {entry['n']})\nECE {ece}, Brier {brier}", fontsize=10)
+        ax.set_xlim(0.4, 1.0)          # a binary confidence is at least 0.5
+        ax.set_ylim(0, 1.15)
+        ax.set_xlabel(f"confidence max(p, 1 - p), {calibration['bins']} bins")
+        if i == 0:
+            ax.set_ylabel("accuracy of the argmax decision")
+            ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle(f"Reliability diagram, {predictions.split} (counts above the bars)")
     save(plt, fig, path)
 
 

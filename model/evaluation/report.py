@@ -8,7 +8,7 @@ import csv
 import os
 from typing import Iterable
 
-from model.contract import DECISION_RULE, DECISION_THRESHOLD, POSITIVE_CLASS, label_name
+from model.contract import DECISION_THRESHOLD, POSITIVE_CLASS, decision_rule, label_name
 from model.evaluation.evaluate import AGE_GROUP_RULE, Evaluation, SplitPredictions
 from model.evaluation.model_card import write_model_card
 from model.evaluation.plots import write_plots
@@ -29,17 +29,34 @@ def default_report_dir(model_path: str) -> str:
 def build_report(evaluation: Evaluation) -> dict:
     """The report.json body (without the file list): shared facts, `splits` (the names evaluated),
     then one entry per split under its own name (report["valid"]["accuracy"], ...)."""
+    decision = evaluation.decision
     return {
         "model": evaluation.model_path,
         "records": evaluation.records_dir,
-        "threshold": DECISION_THRESHOLD,
+        "threshold": decision["threshold"],
+        # default (model/contract.py), flag (given to this run) or model (stored in the model file).
+        "threshold_source": decision["source"],
         "positive_class": POSITIVE_CLASS,
-        "decision_rule": DECISION_RULE,
+        "decision_rule": decision_rule(decision["threshold"]),
+        "temperature": temperature_entry(decision),
+        "calibration_fit": decision.get("calibration_fit"),
+        "stored": decision.get("stored"),
         "age_groups": list(AGE_GROUP_NAMES),
         "age_group_rule": AGE_GROUP_RULE,
         "splits": list(evaluation.metrics),
         **evaluation.metrics,
     }
+
+
+def temperature_entry(decision: dict) -> dict:
+    """The temperature the reported scores were divided by, and where it came from."""
+    fit = decision.get("calibration_fit")
+    if fit is not None:
+        where = "stored in the model by this run" if decision.get("stored", {}) and "temperature" in decision["stored"] \
+            else "not stored: the model file still gives the scores of the loaded temperature"
+        return {"value": fit["temperature"], "source": f"fitted on split {fit['split']} ({where})"}
+    loaded = decision.get("temperature", 1.0)
+    return {"value": loaded, "source": "model" if loaded != 1.0 else "none (the trained scores)"}
 
 
 def write_report(evaluation: Evaluation, report_dir: str) -> dict:
@@ -48,16 +65,17 @@ def write_report(evaluation: Evaluation, report_dir: str) -> dict:
     report = build_report(evaluation)
     plots = {}
     for split, predictions in evaluation.predictions.items():
-        plots[split] = write_plots(predictions, evaluation.metrics[split], report_dir)
-    write_predictions_csv(os.path.join(report_dir, PREDICTIONS_NAME), evaluation.predictions.values())
+        plots[split] = write_plots(predictions, evaluation.metrics[split], report_dir, evaluation.decision["threshold"])
+    write_predictions_csv(os.path.join(report_dir, PREDICTIONS_NAME), evaluation.predictions.values(),
+                          evaluation.decision["threshold"])
     report["files"] = {"predictions": PREDICTIONS_NAME, "plots": plots}
     report["files"]["model_card"] = write_model_card(report, report_dir)
     write_json_atomically(os.path.join(report_dir, REPORT_NAME), report)
     return report
 
 
-def write_predictions_csv(path: str, predictions: Iterable[SplitPredictions]) -> int:
-    """One row per example (header first); returns the number of rows written."""
+def write_predictions_csv(path: str, predictions: Iterable[SplitPredictions], threshold: float = DECISION_THRESHOLD) -> int:
+    """One row per example (header first), decided at `threshold`; returns the number of rows written."""
     rows = 0
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -66,6 +84,6 @@ def write_predictions_csv(path: str, predictions: Iterable[SplitPredictions]) ->
             for path_, age, group, label, score in zip(p.paths, p.ages, p.age_groups, p.labels, p.scores):
                 # 9 significant digits round-trip a float32 exactly.
                 writer.writerow((p.split, path_, int(age), group, LABEL_NAMES[int(label)],
-                                 f"{float(score):.9g}", label_name(float(score))))
+                                 f"{float(score):.9g}", label_name(float(score), threshold)))
                 rows += 1
     return rows

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from model.contract import image_size_of, label_name
+from model.contract import DECISION_THRESHOLD, checked_threshold, image_size_of, label_name
 from model.inference.faces.detect import DEFAULT_MIN_FACE, FaceDetector
 from model.inference.inputs import Entry, Inputs
 
@@ -101,11 +101,13 @@ class ClassifyStream:
 
     annotate_dir: each decoded file is also written there with its faces drawn (model.inference.faces.annotate).
     total: a function counting the entries, run in a background thread for the progress bar.
+    threshold: a face is male when its score is above it (see `resolve_threshold` for the command's choice).
     """
 
     def __init__(self, model, entries: Iterable[Entry], faces: str = "auto", min_face: int = DEFAULT_MIN_FACE,
                  batch_size: int = 64, workers: int | None = None, progress: Progress | None = None,
-                 forward=None, annotate_dir: str | None = None, total: Callable[[], int] | None = None):
+                 forward=None, annotate_dir: str | None = None, total: Callable[[], int] | None = None,
+                 threshold: float = DECISION_THRESHOLD):
         if faces not in FACE_MODES:
             raise DataError(f"`faces` must be one of {', '.join(FACE_MODES)}, got {faces!r}", field="faces")
         if batch_size < 1:
@@ -113,6 +115,7 @@ class ClassifyStream:
         if min_face < 1:
             raise DataError(f"`min_face` must be a positive number of pixels, got {min_face}", field="min_face")
         self.entries, self.batch_size, self.total = entries, batch_size, total
+        self.threshold = checked_threshold(threshold)
         self.workers = workers or max(2, os.cpu_count() or 1)
         self.forward = forward or make_forward(model)
         self.progress = progress or (lambda event: None)
@@ -134,7 +137,7 @@ class ClassifyStream:
             scores = self.forward(np.stack([crop for _, crop in batch]))
             for (row, _), score in zip(batch, scores):
                 row.score = float(score)
-                row.label = label_name(row.score)
+                row.label = label_name(row.score, self.threshold)
 
     def _finish(self, prepared: Prepared) -> Iterator[ClassifyRow]:
         """A file's rows, counted as each is taken (the consumer writes a row before asking for the
@@ -184,6 +187,17 @@ class ClassifyStream:
 
 
 # ------------------------------------------------------------------ library entry points
+def resolve_threshold(model_path: str, threshold: float | None = None) -> tuple[float, str]:
+    """(threshold, source): `threshold` if given ("flag"), else the one `evaluate` stored in the model
+    file ("model"), else DECISION_THRESHOLD ("default")."""
+    from model.network.calibrated import stored_threshold
+
+    if threshold is not None:
+        return checked_threshold(threshold), "flag"
+    stored = stored_threshold(model_path)
+    return (stored, "model") if stored is not None else (DECISION_THRESHOLD, "default")
+
+
 @dataclass
 class ClassifyResult:
     rows: list[ClassifyRow]
@@ -210,23 +224,26 @@ def expand_inputs(inputs: Sequence[str]) -> ExpandedInputs:
 
 
 def classify_files(model, paths: Sequence[str], batch_size: int = 64, workers: int | None = None,
-                   progress: Progress | None = None, forward=None, faces: str = "aligned") -> list[ClassifyRow]:
+                   progress: Progress | None = None, forward=None, faces: str = "aligned",
+                   threshold: float = DECISION_THRESHOLD) -> list[ClassifyRow]:
     """Classify image files (aligned face crops unless `faces` says otherwise) with a loaded classifier."""
     return list(ClassifyStream(model, [Entry(p) for p in paths], faces=faces, batch_size=batch_size,
-                               workers=workers, progress=progress, forward=forward))
+                               workers=workers, progress=progress, forward=forward, threshold=threshold))
 
 
 def classify(model_path: str, inputs: Sequence[str], batch_size: int = 64, workers: int | None = None,
              progress: Progress | None = None, faces: str = "auto", min_face: int = DEFAULT_MIN_FACE,
-             annotate_dir: str | None = None) -> ClassifyResult:
+             annotate_dir: str | None = None, threshold: float | None = None) -> ClassifyResult:
     """Load a classifier (ModelError if the file is not one), classify every face of the inputs and
-    return all rows at once (for a few files; the command streams them with ClassifyStream)."""
+    return all rows at once (for a few files; the command streams them with ClassifyStream).
+    threshold: None decides at the model's stored threshold, else DECISION_THRESHOLD."""
     from model.network.head import load_classifier
 
     model = load_classifier(model_path)
+    decide_at, _ = resolve_threshold(model_path, threshold)
     stream_inputs = Inputs(inputs)
     stream = ClassifyStream(model, stream_inputs, faces=faces, min_face=min_face, batch_size=batch_size,
-                            workers=workers, progress=progress, annotate_dir=annotate_dir)
+                            workers=workers, progress=progress, annotate_dir=annotate_dir, threshold=decide_at)
     rows = list(stream)
     return ClassifyResult(rows, stream.tally, stream_inputs.skipped, stream_inputs.single_image,
                           image_size_of(model))
