@@ -25,6 +25,8 @@ def check_request(splits: list[str], threshold: float | None, calibrate_on: str 
     """InputError before any scoring when the settings contradict each other."""
     if threshold is not None:
         checked_threshold(threshold)
+    if calibrate_on == "all":
+        raise DataError("`calibrate_on` must name one split, not all", field="calibrate_on")
     if calibrate_on is not None and calibrate_on in splits:
         raise DataError(f"`calibrate_on` {calibrate_on} is a split being reported: fit on another split "
                         f"(a temperature or threshold judged on the faces it was fitted to looks better than it is)",
