@@ -18,14 +18,16 @@ ROOT = os.path.dirname(DOCS)
 README = os.path.join(ROOT, "README.md")
 IMG = os.path.join(DOCS, "img")
 SAMPLES = os.path.join(DOCS, "samples")
-PLOTS = ("valid_age_accuracy", "valid_confusion", "valid_roc", "valid_score_hist")
+PLOTS = ("valid_age_accuracy", "valid_confusion", "valid_roc", "valid_score_hist", "valid_reliability")
 MAX_WIDTH = 640          # pixels: readable on a README page, a few tens of KB as a palette PNG
 BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[\w.-]+) .*?-->\n)(?P<body>.*?)(<!-- END generated -->)", re.S)
 # report.json keys shown in the README sample: the headline numbers and one view of each slice.
-REPORT_KEYS = ("model", "records", "threshold", "positive_class", "splits")
+REPORT_KEYS = ("model", "records", "threshold", "threshold_source", "temperature", "positive_class", "splits")
 SPLIT_KEYS = ("n", "accuracy", "loss", "auc", "majority_baseline", "confusion_matrix", "precision", "recall",
               "by_gender")
 AGE_GROUPS_SHOWN = 2
+# The calibration entry shown (the file also has the reliability bins and the per-age-group values).
+CALIBRATION_KEYS = ("ece", "brier", "bins", "by_gender")
 
 
 def downsize_plot(src: str, dst: str) -> None:
@@ -62,6 +64,8 @@ def report_sample(report: dict) -> str:
         groups = list(report[split]["by_age"])[:AGE_GROUPS_SHOWN]
         body["by_age"] = {g: report[split]["by_age"][g] for g in groups}
         body["worst_age_group"] = report[split]["worst_age_group"]
+        calibration = report[split]["calibration"]
+        body["calibration"] = {key: calibration[key] for key in CALIBRATION_KEYS}
         sample[split] = body
     return compact_json(sample)
 

@@ -56,7 +56,7 @@ def temperature_entry(decision: dict) -> dict:
             else "not stored: the model file still gives the scores of the loaded temperature"
         return {"value": fit["temperature"], "source": f"fitted on split {fit['split']} ({where})"}
     loaded = decision.get("temperature", 1.0)
-    return {"value": loaded, "source": "model" if loaded != 1.0 else "none (the trained scores)"}
+    return {"value": loaded, "source": "model" if loaded != 1.0 else "none: the trained scores"}
 
 
 def write_report(evaluation: Evaluation, report_dir: str) -> dict:
