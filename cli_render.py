@@ -295,6 +295,14 @@ def evaluate_summary_lines(body: dict, report_dir: str) -> list[str]:
         elif worst is not None:
             lines.append(f"  worst age group: {worst['group']} accuracy={worst['accuracy']:.4f} (n={worst['n']})")
         lines += _calibration_summary(m)
+    fit = body.get("calibration_fit")
+    if fit:
+        o = fit["on_split"]
+        lines.append(f"temperature fitted on {fit['split']} (n={fit['n']}): T={fit['temperature']:.4g}, ECE there "
+                     f"{o['ece_before']:.4f} -> {o['ece_after']:.4f}, Brier {o['brier_before']:.4f} -> {o['brier_after']:.4f}")
+        if fit["at_bound"]:
+            lines.append("  warning: the fit ended at a bound: the model separates that split perfectly; "
+                         "the temperature means nothing")
     if "threshold_source" in body:
         lines.append(f"threshold {body['threshold']:.6g} ({body['threshold_source']}); temperature "
                      f"{body['temperature']['value']:.4g} ({body['temperature']['source']})")

@@ -70,3 +70,11 @@ def test_thresholds_equalize_errors_and_maximize_accuracy():
     assert at["by_age"]["25-32"]["n"] == 7 and at["by_age"]["0-2"]["accuracy"] is None
     with pytest.raises(DataError):
         choose_thresholds([1, 1], [0.2, 0.9])
+
+
+def test_a_perfectly_separated_split_ends_the_fit_at_a_bound():
+    from model.evaluation.calibration import TEMPERATURE_BOUNDS, at_bound
+
+    temperature = fit_temperature([0, 0, 1, 1], [-3.0, -1.0, 2.0, 4.0])
+    assert temperature == pytest.approx(TEMPERATURE_BOUNDS[0], rel=0.01) and at_bound(temperature)
+    assert not at_bound(1.0)

@@ -32,7 +32,9 @@ EQUAL_ERROR = "equal_error"
 MAX_ACCURACY = "max_accuracy"
 THRESHOLD_CHOICES = (EQUAL_ERROR, MAX_ACCURACY)
 # Bounds of the temperature fit: far beyond any useful temperature, finite so the fit always ends.
-_LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))
+# A fit that ends at one (a split the model separates perfectly wants T -> 0) is no calibration.
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
+_LOG_T_BOUNDS = (math.log(TEMPERATURE_BOUNDS[0]), math.log(TEMPERATURE_BOUNDS[1]))
 
 
 # ------------------------------------------------------------------ calibration
@@ -134,6 +136,13 @@ def fit_temperature(labels, logits) -> float:
 
     result = minimize_scalar(loss, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
     return float(math.exp(result.x))
+
+
+def at_bound(temperature: float) -> bool:
+    """True when a fitted temperature sits at a bound of the fit (within 1 %): the loss kept falling
+    there, as it does on a split the model separates perfectly, and the value means nothing."""
+    low, high = TEMPERATURE_BOUNDS
+    return temperature <= low * 1.01 or temperature >= high / 1.01
 
 
 # ------------------------------------------------------------------ thresholds

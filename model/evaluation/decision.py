@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.contract import DECISION_THRESHOLD, checked_threshold
-from model.evaluation.calibration import (EQUAL_ERROR, MAX_ACCURACY, THRESHOLD_CHOICES, brier_score,
+from model.evaluation.calibration import (EQUAL_ERROR, MAX_ACCURACY, THRESHOLD_CHOICES, at_bound, brier_score,
                                           choose_thresholds, expected_calibration_error, fit_temperature,
                                           rates_at)
 from pipeline.errors import DataError
@@ -81,7 +81,7 @@ def calibrate(calibration_split, predictions: dict, loaded_temperature: float) -
         p.scores = scores_at(p.scores, temperature)
     loaded = scores_at(calibration_split.scores, loaded_temperature)
     return {"split": calibration_split.split, "n": calibration_split.n, "temperature": temperature,
-            "loaded_temperature": loaded_temperature,
+            "at_bound": at_bound(temperature), "loaded_temperature": loaded_temperature,
             "on_split": {"ece_before": expected_calibration_error(calibration_split.labels, loaded),
                          "ece_after": expected_calibration_error(calibration_split.labels, scaled),
                          "brier_before": brier_score(calibration_split.labels, loaded),
@@ -123,6 +123,10 @@ def store(model_path: str, model, fit: dict | None, store_calibration: bool, thr
     from model.network.calibrated import load_decision, save_classifier, with_temperature
 
     stored: dict = {"model": model_path}
+    if store_calibration and fit["at_bound"]:
+        raise DataError(f"the temperature fit on split {fit['split']} ended at a bound ({fit['temperature']:.4g}): "
+                        f"the model separates that split perfectly, so it says nothing about calibration; "
+                        f"not stored (calibrate on a larger or harder held-out split)", field="calibrate_on")
     if store_calibration:
         model = with_temperature(model, fit["temperature"])
         stored["temperature"] = fit["temperature"]

@@ -147,6 +147,9 @@ def _decision_lines(report: dict) -> list[str]:
         lines.append(f"- Temperature scaling fitted on split `{fit['split']}` (n = {fit['n']}), never a reported one: "
                      f"ECE there {_number(o['ece_before'])} -> {_number(o['ece_after'])}, Brier "
                      f"{_number(o['brier_before'])} -> {_number(o['brier_after'])}.")
+        if fit.get("at_bound"):
+            lines.append(f"- **Warning: the temperature fit ended at a bound ({fit['temperature']:.4g}): the model "
+                         f"separates `{fit['split']}` perfectly, and the temperature means nothing.**")
         for name, t in fit["thresholds"].items():
             rates = ", ".join(f"{g} {v:.3f}" for g, v in t["error_rate"].items())
             lines.append(f"- Threshold `{name}` chosen on `{fit['split']}`: {t['threshold']:.6g} (there: accuracy "
