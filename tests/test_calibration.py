@@ -78,3 +78,24 @@ def test_a_perfectly_separated_split_ends_the_fit_at_a_bound():
     temperature = fit_temperature([0, 0, 1, 1], [-3.0, -1.0, 2.0, 4.0])
     assert temperature == pytest.approx(TEMPERATURE_BOUNDS[0], rel=0.01) and at_bound(temperature)
     assert not at_bound(1.0)
+
+
+def test_the_report_and_the_card_say_which_threshold_decided_and_where_from(tmp_path):
+    from model.evaluation.evaluate import Evaluation, SplitPredictions, split_metrics
+    from model.evaluation.model_card import model_card
+    from model.evaluation.report import build_report, write_predictions_csv
+
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.2, 0.6, 0.65, 0.9], np.float32)
+    ages = np.array([30, 30, 5, 5])
+    predictions = SplitPredictions("valid", ["a", "b", "c", "d"], y, ages, p)
+    evaluation = Evaluation("m.keras", "r", {"valid": predictions}, {"valid": split_metrics(y, p, ages, 0.62)},
+                            decision={"threshold": 0.62, "source": "flag", "temperature": 1.0})
+    report = build_report(evaluation)
+    assert (report["threshold"], report["threshold_source"]) == (0.62, "flag")
+    assert report["valid"]["accuracy"] == 1.0 and "score > 0.62" in report["decision_rule"]
+    card = model_card(report)
+    assert "Decision threshold: 0.62, given to this run (`--threshold`)." in card
+    write_predictions_csv(str(tmp_path / "p.csv"), [predictions], 0.62)
+    assert [line.split(",")[-1] for line in open(tmp_path / "p.csv").read().split()[1:]] == \
+        ["female", "female", "male", "male"]

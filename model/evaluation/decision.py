@@ -132,6 +132,10 @@ def store(model_path: str, model, fit: dict | None, store_calibration: bool, thr
         stored["temperature"] = fit["temperature"]
         stored["temperature_fitted_on"] = fit["split"]
     decision = load_decision(model_path)
+    if store_calibration and threshold is None and decision is not None:
+        # A threshold stored for the old temperature's scores means something else on the new ones.
+        stored["threshold_removed"] = decision["threshold"]
+        decision = None
     if threshold is not None:
         decision = {"threshold": threshold, "rule": store_threshold, "records": records_dir,
                     "chosen_on": fit["split"] if store_threshold in THRESHOLD_CHOICES else None}

@@ -7,7 +7,8 @@ the records training read. Under a multi-replica strategy the dataset is distrib
 ages and paths; a count check proves every example was scored exactly once.
 """
 # Over 350 lines: one split's scoring (one device or several replicas) and its metrics, which the
-# report, the model card and evaluate --folds all read; metrics and scoring change together.
+# report, the model card and evaluate --folds all read; metrics and scoring change together. The
+# calibration maths and steps live in calibration.py and decision.py; evaluate() only orders them.
 from __future__ import annotations
 
 import inspect

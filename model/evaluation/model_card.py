@@ -158,6 +158,9 @@ def _decision_lines(report: dict) -> list[str]:
         stored = report["stored"]
         what = ", ".join(f"{k} {stored[k]:.6g}" for k in ("temperature", "threshold") if k in stored)
         lines.append(f"- Stored in `{stored['model']}` by this run: {what}.")
+        if "threshold_removed" in stored:
+            lines.append(f"- The threshold stored before ({stored['threshold_removed']:.6g}) was removed: it was "
+                         f"chosen for the scores of the previous temperature.")
     return lines
 
 
