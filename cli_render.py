@@ -309,6 +309,9 @@ def evaluate_summary_lines(body: dict, report_dir: str) -> list[str]:
     for key, value in (body.get("stored") or {}).items():
         if key in ("temperature", "threshold"):
             lines.append(f"stored {key} {value:.6g} in {body['stored']['model']}")
+        if key == "threshold_removed":
+            lines.append(f"removed the threshold {value:.6g} stored for the previous temperature from "
+                         f"{body['stored']['model']}")
     lines.append(f"report: {os.path.join(report_dir, report.REPORT_NAME)} (plots and {report.PREDICTIONS_NAME} beside it)")
     return lines
 

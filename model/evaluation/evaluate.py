@@ -419,6 +419,8 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
     if store_calibration or storing is not None:
         decision["stored"] = steps.store(model_path, model, fit, store_calibration, storing, store_threshold,
                                          records_dir)
+        if "threshold_removed" in decision["stored"] and decision["source"] == "model":
+            decision.update(threshold=DECISION_THRESHOLD, source="default")
     decision["calibration_fit"] = fit
     metrics = {name: split_metrics(p.labels, p.scores, p.ages, decision["threshold"])
                for name, p in predictions.items()}
