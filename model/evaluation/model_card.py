@@ -112,7 +112,7 @@ def _threshold_lines(m: dict) -> list[str]:
     if not at:
         return []
     keys = list(at)
-    lines = ["Error rate (1 - accuracy) of each group at each threshold:", "",
+    lines = ["Error rate (1 - accuracy) [95 % interval] of each group at each threshold:", "",
              "| group | " + " | ".join(f"{k} ({at[k]['threshold']:.4g})" for k in keys) + " |",
              "|---|" + "---:|" * len(keys)]
 
@@ -120,7 +120,11 @@ def _threshold_lines(m: dict) -> list[str]:
         cells = []
         for k in keys:
             e = pick(at[k])
-            cells.append("–" if not e["n"] else f"{e['error_rate']:.3f} (n={e['n']})")
+            if not e["n"]:
+                cells.append("–")
+                continue
+            low, high = wilson_interval(round(e["error_rate"] * e["n"]), e["n"])
+            cells.append(f"{e['error_rate']:.3f} [{low:.3f}, {high:.3f}] (n={e['n']})")
         return f"| {label} | " + " | ".join(cells) + " |"
 
     lines.append(row("all", lambda a: a))
