@@ -315,7 +315,18 @@ def add_evaluate_parser(sub) -> None:
                    help="low: stream the records (default); high: decode them into RAM first")
     p.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "multiworker"], default="auto",
                    help="auto (default): mirrored over several local GPUs, else one device")
+    _add_tta(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+def _add_tta(p: argparse.ArgumentParser) -> None:
+    """--tta of evaluate and classify (the modes and why there is no 10-crop: model/tta.py)."""
+    from model.tta import DEFAULT_TTA, TTA_MODES
+
+    p.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
+                   help="test-time augmentation: none (default): each face scored once; flip: the mean of the "
+                        "male probabilities of the face and its mirror image (one model call on both, about "
+                        "twice the compute); recorded in the output")
 
 
 def _evaluate_folds(args) -> int:
@@ -330,7 +341,7 @@ def _evaluate_folds(args) -> int:
     logging.getLogger("tensorflow").addFilter(quiet)
     try:
         body = evaluate_folds(args.model, args.input, report_dir, batch_size=args.batch_size,
-                              memory=args.memory, strategy=args.strategy, progress=ScoringBars())
+                              memory=args.memory, strategy=args.strategy, progress=ScoringBars(), tta=args.tta)
     except OSError as err:
         return _fail(f"cannot write the report to {report_dir} ({err.strerror or err}); pass a writable --report-dir")
     finally:
@@ -348,7 +359,7 @@ def cmd_evaluate(args) -> int:
     if args.folds:
         return _evaluate_folds(args)
     evaluation = evaluate(args.model, args.input, split=args.split or "valid", batch_size=args.batch_size,
-                          memory=args.memory, strategy=args.strategy, progress=ScoringBars())
+                          memory=args.memory, strategy=args.strategy, progress=ScoringBars(), tta=args.tta)
     report_dir = args.report_dir or default_report_dir(args.model)
     try:
         report = write_report(evaluation, report_dir)
@@ -390,6 +401,7 @@ def add_classify_parser(sub) -> None:
                         "per line)")
     p.add_argument("-o", "--output", default=None, help="write the rows to this file instead of stdout")
     p.add_argument("-b", "--batch-size", type=int, default=64, help="faces per model call (default 64)")
+    _add_tta(p)
     p.set_defaults(func=cmd_classify)
 
 
@@ -426,7 +438,7 @@ def cmd_classify(args) -> int:
         except OSError as err:
             return _fail(f"cannot create {args.annotate} ({err.strerror or err}); pass a writable --annotate folder")
     stream = ClassifyStream(model, inputs, faces=args.faces, min_face=args.min_face, batch_size=args.batch_size,
-                            progress=ScoringBars(), annotate_dir=args.annotate, total=inputs.count)
+                            progress=ScoringBars(), annotate_dir=args.annotate, total=inputs.count, tta=args.tta)
     rows = iter(stream)
     if args.format is None and args.output is None and inputs.single_image:
         first = list(stream)          # one file: its faces
@@ -449,7 +461,7 @@ def cmd_classify(args) -> int:
         writer.close()      # a JSON array is closed even when the run stops early: rows written stay valid
         if out is not sys.stdout:
             out.close()
-    print(summary_line(stream.tally, inputs.skipped, args.min_face, args.output), file=sys.stderr)
+    print(summary_line(stream.tally, inputs.skipped, args.min_face, args.output, tta=args.tta), file=sys.stderr)
     if interrupted:
         print("interrupted: the rows written are complete; rerun the command to classify the rest", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -294,6 +294,7 @@ def evaluate_summary_lines(body: dict, report_dir: str) -> list[str]:
             lines.append(f"  every age group ({len(filled)} with examples) at accuracy {worst['accuracy']:.4f}")
         elif worst is not None:
             lines.append(f"  worst age group: {worst['group']} accuracy={worst['accuracy']:.4f} (n={worst['n']})")
+    lines.append(f"test-time augmentation: {body.get('tta', 'none')}")
     lines.append(f"report: {os.path.join(report_dir, report.REPORT_NAME)} (plots and {report.PREDICTIONS_NAME} beside it)")
     return lines
 
@@ -320,6 +321,7 @@ def cv_summary_lines(body: dict, report_dir: str) -> list[str]:
         spread = "" if e["std_accuracy"] is None else f" ± {e['std_accuracy']:.4f}"
         lines.append(f"  worst age group (pooled): {g} accuracy={e['pooled_accuracy']:.4f} (n={e['n']}; "
                      f"mean over folds {e['mean_accuracy']:.4f}{spread})")
+    lines.append(f"test-time augmentation: {body.get('tta', 'none')}")
     lines.append(f"report: {os.path.join(report_dir, CV_REPORT_NAME)} (per-fold reports in "
                  f"{os.path.join(report_dir, FOLD_SPLITS[0])} … {FOLD_SPLITS[-1]})")
     return lines

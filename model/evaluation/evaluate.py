@@ -20,6 +20,7 @@ import numpy as np
 from model.contract import DECISION_THRESHOLD, POSITIVE_CLASS, image_size_of, male_probability, predicted_labels
 from model.errors import ModelError
 from model.progress import Advanced, Ended, Progress, Started
+from model.tta import DEFAULT_TTA, averaged, check_tta
 from pipeline.errors import DataError
 from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of
 
@@ -67,6 +68,7 @@ class Evaluation:
     records_dir: str
     predictions: dict[str, SplitPredictions]
     metrics: dict[str, dict] = field(default_factory=dict)
+    tta: str = DEFAULT_TTA      # the test-time augmentation the scores were made with (model/tta.py)
 
 
 # ------------------------------------------------------------------ metrics
@@ -201,9 +203,10 @@ def _check_single_machine(strategy) -> None:
             raise ModelError(_ONE_MACHINE)
 
 
-def scored_in_calls(model, dataset):
+def scored_in_calls(model, dataset, tta: str = DEFAULT_TTA):
     """(scores, labels, ages, paths) of a with_meta dataset, several batches per tf.function call
-    (as many as take about AUTO_CALL_SECONDS, model/runtime.py): the host syncs once per call."""
+    (as many as take about AUTO_CALL_SECONDS, model/runtime.py): the host syncs once per call.
+    Scores under test-time augmentation `tta` (model/tta.py)."""
     import time
 
     import tensorflow as tf
@@ -223,7 +226,7 @@ def scored_in_calls(model, dataset):
             if not optional.has_value():
                 break
             images, labels, ages, paths = optional.get_value()
-            scores = tf.reshape(tf.cast(model(images, training=False), tf.float32), [-1])
+            scores = tf.reshape(averaged(lambda x: model(x, training=False), images, tta), [-1])
             parts = [part.write(tf.cast(i, tf.int32), value)
                      for part, value in zip(parts, (scores, labels, ages, paths))]
             batches += 1
@@ -245,7 +248,7 @@ def scored_in_calls(model, dataset):
 
 
 def scored_across_replicas(model, strategy, records_dir: str, split: str, batch_size: int, memory: str,
-                           image_size: int) -> Iterator[tuple]:
+                           image_size: int, tta: str = DEFAULT_TTA) -> Iterator[tuple]:
     """(scores, labels, ages, paths) per replica batch, in the reader's order, under a strategy of
     several replicas on this machine."""
     import tensorflow as tf
@@ -265,7 +268,8 @@ def scored_across_replicas(model, strategy, records_dir: str, split: str, batch_
     dataset = strategy.distribute_datasets_from_function(dataset_fn, options)
 
     def replica_forward(images):
-        return male_probability(model, images)   # the last replica's batch can be empty
+        # The last replica's batch can be empty: male_probability guards it (twice as long with flip).
+        return averaged(lambda x: male_probability(model, x), images, tta)
 
     @tf.function(reduce_retracing=True)
     def step(images):
@@ -282,12 +286,14 @@ def scored_across_replicas(model, strategy, records_dir: str, split: str, batch_
 
 
 def predict_split(model, records_dir: str, split: str, batch_size: int = 64, memory: str = "low",
-                  strategy=None, progress: Progress | None = None) -> SplitPredictions:
-    """Score every example of one split exactly once (under `strategy` when it has several replicas)."""
+                  strategy=None, progress: Progress | None = None, tta: str = DEFAULT_TTA) -> SplitPredictions:
+    """Score every example of one split exactly once (under `strategy` when it has several replicas),
+    with test-time augmentation `tta` (model/tta.py)."""
     from pipeline.reader import describe_dataset, make_dataset
 
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
+    check_tta(tta)
     image_size = image_size_of(model)
     expected = describe_dataset(records_dir, split, image_size=image_size)["count"]
     if progress:
@@ -312,10 +318,11 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
         # batches per call (one host sync per call, not per batch).
         dataset = make_dataset(records_dir, split, batch_size, memory=memory, with_meta=True,
                                image_size=image_size)
-        for chunk in scored_in_calls(model, dataset):
+        for chunk in scored_in_calls(model, dataset, tta):
             collect(*chunk)
     else:
-        for parts in scored_across_replicas(model, strategy, records_dir, split, batch_size, memory, image_size):
+        for parts in scored_across_replicas(model, strategy, records_dir, split, batch_size, memory, image_size,
+                                            tta):
             collect(*parts)
 
     result = SplitPredictions(
@@ -361,8 +368,10 @@ def check_finite_scores(predictions: SplitPredictions, model_path: str) -> None:
 
 
 def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size: int = 64,
-             memory: str = "low", strategy: str = "auto", progress: Progress | None = None) -> Evaluation:
-    """Load a classifier, score the split(s) of a records directory, compute the metrics."""
+             memory: str = "low", strategy: str = "auto", progress: Progress | None = None,
+             tta: str = DEFAULT_TTA) -> Evaluation:
+    """Load a classifier, score the split(s) of a records directory (with test-time augmentation
+    `tta`, model/tta.py), compute the metrics."""
     from model.network.head import load_classifier
     from model.runtime import cluster_tasks, select_strategy
     from pipeline.schema import MEMORY_MODES
@@ -371,6 +380,7 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
         raise DataError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
+    check_tta(tta)
     if strategy == "multiworker" or (strategy == "auto" and cluster_tasks() > 1):
         raise ModelError(_ONE_MACHINE)
     splits = resolve_splits(records_dir, split)
@@ -381,7 +391,8 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
     for name in splits:
         with _records_to_blame(records_dir, name):
             predictions[name] = predict_split(model, records_dir, name, batch_size=batch_size, memory=memory,
-                                              strategy=chosen, progress=progress)
+                                              strategy=chosen, progress=progress, tta=tta)
         check_finite_scores(predictions[name], model_path)
     metrics = {name: split_metrics(p.labels, p.scores, p.ages) for name, p in predictions.items()}
-    return Evaluation(model_path=model_path, records_dir=records_dir, predictions=predictions, metrics=metrics)
+    return Evaluation(model_path=model_path, records_dir=records_dir, predictions=predictions, metrics=metrics,
+                      tta=tta)
