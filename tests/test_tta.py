@@ -105,7 +105,7 @@ def test_evaluate_flip_on_two_replicas_gives_the_same_scores(model, records_dir,
 
     strategy = select_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2       # conftest's two logical CPU devices
-    # 40 images in batches of 3 per replica: the last step leaves one replica an empty batch.
+    # 40 images in batches of 3 per replica: short last batches (and perhaps an empty one) too.
     got = predict_split(model, records_dir, "valid", batch_size=3, strategy=strategy, tta="flip")
     with open(os.path.join(flip_report_dir[0], "predictions.csv"), newline="") as f:
         reference = {r["path"]: float(r["score"]) for r in csv.DictReader(f)}
@@ -160,6 +160,12 @@ def test_classify_flip_is_the_mean_of_two_separate_calls_and_rows_say_so(model, 
     assert "test-time augmentation: flip" in capsys.readouterr().err
     assert cli.main(["classify", "-m", classifier_path, "-i", paths[0], "--faces", "aligned", "--format", "jsonl"]) == 0
     assert json.loads(capsys.readouterr().out)["tta"] == "none"
+    # The original's one-image form: unchanged by default, one more line with flip.
+    assert cli.main(["classify", "-m", classifier_path, "-i", paths[0], "--faces", "aligned", "--tta", "flip"]) == 0
+    block = capsys.readouterr().out.splitlines()
+    assert block[0] == block[-1] == "****" and block[1].startswith(f"output class is {rows[0].label}. (sigmoid value=")
+    assert _close([float(block[1].rsplit("=", 1)[1].rstrip(")"))], [rows[0].score])
+    assert block[2:-1] == ["test-time augmentation: flip"]
 
 
 @pytest.mark.parametrize("command", ["evaluate", "classify"])

@@ -84,8 +84,10 @@ def format_rows(rows: Iterable[ClassifyRow], fmt: str = "table") -> str:
 
 
 def familiar_block(row: ClassifyRow) -> str:
-    """The original's one-image output."""
-    return f"****\noutput class is {row.label}. (sigmoid value={row.score!r})\n****\n"
+    """The original's one-image output; with test-time augmentation a line says which (the score
+    is then a mean), so the default output stays the original's exactly."""
+    tta = f"test-time augmentation: {row.tta}\n" if row.tta not in (None, "none") else ""
+    return f"****\noutput class is {row.label}. (sigmoid value={row.score!r})\n{tta}****\n"
 
 
 def summary_line(tally: Tally, skipped_files: int, min_face: int, output: str | None = None,
