@@ -190,3 +190,11 @@ def test_the_library_refuses_an_unknown_mode_before_any_work(model):
         with pytest.raises(DataError, match="`tta` must be one of none, flip, got 'crops'") as err:
             call()
         assert err.value.field == "tta"
+
+
+def test_classify_refuses_a_forward_pass_of_another_mode(model):
+    from model.inference.classify import ClassifyStream, make_forward
+
+    with pytest.raises(ValueError, match="scores with tta 'flip', not 'none'"):
+        ClassifyStream(model, [], forward=make_forward(model, "flip"), tta="none")
+    assert ClassifyStream(model, [], forward=make_forward(model, "flip"), tta="flip").tta == "flip"

@@ -95,8 +95,13 @@ def make_forward(model, tta: str = DEFAULT_TTA) -> Callable[[np.ndarray], np.nda
     check_tta(tta)
     size = image_size_of(model)
     spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
-    forward = tf.function(lambda x: averaged(lambda y: model(y, training=False), x, tta), input_signature=[spec])
-    return lambda batch: forward(tf.constant(batch)).numpy().reshape(-1)
+    compiled = tf.function(lambda x: averaged(lambda y: model(y, training=False), x, tta), input_signature=[spec])
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return compiled(tf.constant(batch)).numpy().reshape(-1)
+
+    forward.tta = tta           # what ClassifyStream checks a forward pass handed to it against
+    return forward
 
 
 class ClassifyStream:
@@ -119,6 +124,9 @@ class ClassifyStream:
         if min_face < 1:
             raise DataError(f"`min_face` must be a positive number of pixels, got {min_face}", field="min_face")
         self.entries, self.batch_size, self.total, self.tta = entries, batch_size, total, check_tta(tta)
+        if forward is not None and getattr(forward, "tta", tta) != tta:
+            # Rows must not claim a mode their scores were not made with.
+            raise ValueError(f"the forward pass given scores with tta {forward.tta!r}, not {tta!r}")
         self.workers = workers or max(2, os.cpu_count() or 1)
         self.forward = forward or make_forward(model, tta)
         self.progress = progress or (lambda event: None)
