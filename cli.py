@@ -326,7 +326,18 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--store-threshold", default=None, metavar="equal_error|max_accuracy|T",
                    help="rewrite -m (and the SavedModel beside it) with this decision threshold, which classify "
                         "and the SavedModel's label then use; a chosen one needs --store-calibration")
+    _add_tta(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+def _add_tta(p: argparse.ArgumentParser) -> None:
+    """--tta of evaluate and classify (the modes and why there is no 10-crop: model/tta.py)."""
+    from model.tta import DEFAULT_TTA, TTA_MODES
+
+    p.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
+                   help="test-time augmentation: none (default): each face scored once; flip: the mean of the "
+                        "male probabilities of the face and its mirror image (one model call on both, about "
+                        "twice the compute); recorded in the output")
 
 
 def _evaluate_folds(args) -> int:
@@ -344,7 +355,7 @@ def _evaluate_folds(args) -> int:
     logging.getLogger("tensorflow").addFilter(quiet)
     try:
         body = evaluate_folds(args.model, args.input, report_dir, batch_size=args.batch_size,
-                              memory=args.memory, strategy=args.strategy, progress=ScoringBars())
+                              memory=args.memory, strategy=args.strategy, progress=ScoringBars(), tta=args.tta)
     except OSError as err:
         return _fail(f"cannot write the report to {report_dir} ({err.strerror or err}); pass a writable --report-dir")
     finally:
@@ -362,7 +373,7 @@ def cmd_evaluate(args) -> int:
     if args.folds:
         return _evaluate_folds(args)
     evaluation = evaluate(args.model, args.input, split=args.split or "valid", batch_size=args.batch_size,
-                          memory=args.memory, strategy=args.strategy, progress=ScoringBars(),
+                          memory=args.memory, strategy=args.strategy, progress=ScoringBars(), tta=args.tta,
                           threshold=args.threshold, calibrate_on=args.calibrate_on,
                           store_calibration=args.store_calibration, store_threshold=args.store_threshold)
     report_dir = args.report_dir or default_report_dir(args.model)
@@ -409,6 +420,7 @@ def add_classify_parser(sub) -> None:
     p.add_argument("--threshold", type=_float_in(0.0, 1.0, high_open=False), default=None, metavar="T",
                    help="male when score > T (default: the threshold `evaluate --store-threshold` stored in the "
                         "model, else 0.5)")
+    _add_tta(p)
     p.set_defaults(func=cmd_classify)
 
 
@@ -449,7 +461,8 @@ def cmd_classify(args) -> int:
         except OSError as err:
             return _fail(f"cannot create {args.annotate} ({err.strerror or err}); pass a writable --annotate folder")
     stream = ClassifyStream(model, inputs, faces=args.faces, min_face=args.min_face, batch_size=args.batch_size,
-                            progress=ScoringBars(), annotate_dir=args.annotate, total=inputs.count, threshold=threshold)
+                            progress=ScoringBars(), annotate_dir=args.annotate, total=inputs.count, threshold=threshold,
+                            tta=args.tta)
     rows = iter(stream)
     if args.format is None and args.output is None and inputs.single_image:
         first = list(stream)          # one file: its faces
@@ -472,7 +485,7 @@ def cmd_classify(args) -> int:
         writer.close()      # a JSON array is closed even when the run stops early: rows written stay valid
         if out is not sys.stdout:
             out.close()
-    print(summary_line(stream.tally, inputs.skipped, args.min_face, args.output), file=sys.stderr)
+    print(summary_line(stream.tally, inputs.skipped, args.min_face, args.output, tta=args.tta), file=sys.stderr)
     if interrupted:
         print("interrupted: the rows written are complete; rerun the command to classify the rest", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -312,6 +312,7 @@ def evaluate_summary_lines(body: dict, report_dir: str) -> list[str]:
         if key == "threshold_removed":
             lines.append(f"removed the threshold {value:.6g} stored for the previous temperature from "
                          f"{body['stored']['model']}")
+    lines.append(f"test-time augmentation: {body.get('tta', 'none')}")
     lines.append(f"report: {os.path.join(report_dir, report.REPORT_NAME)} (plots and {report.PREDICTIONS_NAME} beside it)")
     return lines
 
@@ -350,6 +351,7 @@ def cv_summary_lines(body: dict, report_dir: str) -> list[str]:
         spread = "" if e["std_accuracy"] is None else f" ± {e['std_accuracy']:.4f}"
         lines.append(f"  worst age group (pooled): {g} accuracy={e['pooled_accuracy']:.4f} (n={e['n']}; "
                      f"mean over folds {e['mean_accuracy']:.4f}{spread})")
+    lines.append(f"test-time augmentation: {body.get('tta', 'none')}")
     lines.append(f"report: {os.path.join(report_dir, CV_REPORT_NAME)} (per-fold reports in "
                  f"{os.path.join(report_dir, FOLD_SPLITS[0])} … {FOLD_SPLITS[-1]})")
     return lines

@@ -22,7 +22,8 @@ PLOTS = ("valid_age_accuracy", "valid_confusion", "valid_roc", "valid_score_hist
 MAX_WIDTH = 640          # pixels: readable on a README page, a few tens of KB as a palette PNG
 BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[\w.-]+) .*?-->\n)(?P<body>.*?)(<!-- END generated -->)", re.S)
 # report.json keys shown in the README sample: the headline numbers and one view of each slice.
-REPORT_KEYS = ("model", "records", "threshold", "threshold_source", "temperature", "positive_class", "splits")
+REPORT_KEYS = ("model", "records", "threshold", "threshold_source", "temperature", "positive_class", "tta",
+               "splits")
 SPLIT_KEYS = ("n", "accuracy", "loss", "auc", "majority_baseline", "confusion_matrix", "precision", "recall",
               "by_gender")
 AGE_GROUPS_SHOWN = 2

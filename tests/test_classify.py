@@ -106,7 +106,9 @@ def test_table_and_csv_formats(classifier_path, mixed_folder, tmp_path, capsys):
                              "-o", str(target)], capsys)
     assert status == 1 and out == "" and str(target) in err
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
-    assert list(rows[0]) == ["path", "face", "x", "y", "w", "h", "confidence", "crop", "label", "score", "error"]
+    assert list(rows[0]) == ["path", "face", "x", "y", "w", "h", "confidence", "crop", "label", "score", "error",
+                             "tta"]
+    assert {r["tta"] for r in rows} == {"none", ""}      # scored rows say how; error rows were not scored
     assert len(rows) == len(GOOD) + len(BAD)
     assert {r["crop"] for r in rows if not r["error"]} == {"input"}
     assert {r["path"] for r in rows if r["error"]} == {os.path.join(mixed_folder, rel) for rel in BAD}
@@ -231,7 +233,7 @@ def test_jsonl_one_object_per_line_and_json_stays_one_array(classifier_path, mix
     lines = out.splitlines()
     rows = [json.loads(line) for line in lines]
     assert len(rows) == len(GOOD) + len(BAD)
-    assert set(rows[0]) == {"path", "face", "box", "confidence", "crop", "label", "score", "error"}
+    assert set(rows[0]) == {"path", "face", "box", "confidence", "crop", "label", "score", "error", "tta"}
     _, out_json, _ = _run(["classify", "-m", classifier_path, "-i", mixed_folder, "--format", "json"], capsys)
     assert json.loads(out_json) == rows
 

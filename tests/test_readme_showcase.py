@@ -79,7 +79,7 @@ def test_the_report_sample_has_the_shape_evaluate_writes():
     rng = np.random.default_rng(0)
     labels = np.array([0, 1] * 20)
     real = {"model": "m.keras", "records": "r", "threshold": 0.5, "threshold_source": "default",
-            "temperature": {"value": 1.0, "source": "none"}, "positive_class": "male", "splits": ["valid"],
+            "temperature": {"value": 1.0, "source": "none"}, "positive_class": "male", "tta": "none", "splits": ["valid"],
             "valid": split_metrics(labels, rng.random(40), rng.integers(0, 70, 40))}
 
     def shape(value):    # the keys, all the way down (values differ from run to run)

@@ -24,8 +24,9 @@ import tensorflow as tf
 from PIL import Image
 
 from model.errors import ModelError
-from model.network.serving import (KERAS_SERVE, LABEL_OUTPUT, PROBABILITY_OUTPUT, SERVE_IMAGES, SERVING_DEFAULT,
-                           decode_for_model, exif_orientation, export_savedmodel)
+from model.network.serving import (KERAS_SERVE, LABEL_OUTPUT, PROBABILITY_OUTPUT, SERVE_IMAGES, SERVE_IMAGES_FLIP,
+                                   SERVING_DEFAULT, decode_batch, decode_for_model, exif_orientation,
+                                   export_savedmodel)
 from pipeline.decode import decode_image
 from pipeline.schema import DEFAULT_IMAGE_SIZE, LABEL_NAMES
 from pipeline.synthetic.tree import EXIF_ORIENTATION, face_image
@@ -190,13 +191,14 @@ def test_decompression_bombs_are_refused_before_decoding(fmt):
 # ------------------------------------------------------------------ the SavedModel
 def test_signatures_inputs_and_named_outputs(savedmodel):
     served = tf.saved_model.load(savedmodel)
-    assert set(served.signatures) == {SERVING_DEFAULT, SERVE_IMAGES, KERAS_SERVE}
+    assert set(served.signatures) == {SERVING_DEFAULT, SERVE_IMAGES, SERVE_IMAGES_FLIP, KERAS_SERVE}
     inputs = {name: served.signatures[name].structured_input_signature[1] for name in served.signatures}
     assert {k: (v.dtype, v.shape.as_list()) for k, v in inputs[SERVING_DEFAULT].items()} == {
         "image": (tf.uint8, [None, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE, 3])}
-    assert {k: (v.dtype, v.shape.as_list()) for k, v in inputs[SERVE_IMAGES].items()} == {
-        "images": (tf.string, [None])}
-    for name in (SERVING_DEFAULT, SERVE_IMAGES):
+    for name in (SERVE_IMAGES, SERVE_IMAGES_FLIP):
+        assert {k: (v.dtype, v.shape.as_list()) for k, v in inputs[name].items()} == {
+            "images": (tf.string, [None])}
+    for name in (SERVING_DEFAULT, SERVE_IMAGES, SERVE_IMAGES_FLIP):
         outputs = served.signatures[name].structured_outputs
         assert {k: (v.dtype, v.shape.as_list()) for k, v in outputs.items()} == {
             PROBABILITY_OUTPUT: (tf.float32, [None]), LABEL_OUTPUT: (tf.string, [None])}
@@ -246,6 +248,22 @@ def test_serve_images_matches_classify_on_the_same_files(savedmodel, model, samp
     np.testing.assert_allclose(scores, expected, rtol=0, atol=SCORE_TOLERANCE)
     assert [s.decode() for s in out[LABEL_OUTPUT].numpy()] == [row.label for row in rows]
     empty = served(images=tf.constant([], tf.string))
+    assert empty[PROBABILITY_OUTPUT].shape == (0,) and empty[LABEL_OUTPUT].shape == (0,)
+
+
+def test_serve_images_flip_is_the_mean_of_two_separate_calls(savedmodel, sample_files):
+    served = tf.saved_model.load(savedmodel).signatures
+    files = tf.constant([_read(path) for path in sample_files.values()])
+    out = served[SERVE_IMAGES_FLIP](images=files)
+    # The two separate calls, on the pixels the signature decodes (the same in-graph decoding).
+    pixels = decode_batch(files, DEFAULT_IMAGE_SIZE).numpy()
+    plain = served[SERVING_DEFAULT](image=tf.constant(pixels))[PROBABILITY_OUTPUT].numpy()
+    mirror = served[SERVING_DEFAULT](image=tf.constant(pixels[:, :, ::-1]))[PROBABILITY_OUTPUT].numpy()
+    mean = (plain + mirror) / 2
+    np.testing.assert_allclose(out[PROBABILITY_OUTPUT].numpy(), mean, rtol=0, atol=1e-6)
+    assert [s.decode() for s in out[LABEL_OUTPUT].numpy()] == [LABEL_NAMES[int(p > 0.5)] for p in mean]
+    assert np.max(np.abs(plain - mean)) > 1e-4          # not vacuous: the mirror images score differently
+    empty = served[SERVE_IMAGES_FLIP](images=tf.constant([], tf.string))
     assert empty[PROBABILITY_OUTPUT].shape == (0,) and empty[LABEL_OUTPUT].shape == (0,)
 
 

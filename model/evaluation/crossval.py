@@ -11,6 +11,7 @@ from typing import Sequence
 from model.errors import ModelError
 from model.evaluation.plots import write_cv_plots
 from model.progress import FoldEvaluating, Progress
+from model.tta import DEFAULT_TTA
 from model.training.folds import PROTOCOL, STD_DEFINITION, fold_model_path, headline, mean_std
 from pipeline.errors import DataError
 from pipeline.files import write_json_atomically
@@ -53,8 +54,10 @@ def aggregate_folds(fold_metrics: Sequence[dict]) -> dict:
 
 # ------------------------------------------------------------------ evaluation
 def evaluate_folds(model_path: str, records_dir: str, report_dir: str, batch_size: int = 64,
-                   memory: str = "low", strategy: str = "auto", progress: Progress | None = None) -> dict:
-    """`evaluate --folds`: fold K's model (fold_model_path(model_path, K)) on fold K, for each K;
+                   memory: str = "low", strategy: str = "auto", progress: Progress | None = None,
+                   tta: str = DEFAULT_TTA) -> dict:
+    """`evaluate --folds`: fold K's model (fold_model_path(model_path, K)) on fold K (with test-time
+    augmentation `tta`, model/tta.py), for each K;
     a full report per fold in REPORT_DIR/fold<K>/ and the aggregate REPORT_DIR/cv_report.json
     with its plots. Returns the cv_report body."""
     from model.evaluation.evaluate import evaluate
@@ -80,7 +83,7 @@ def evaluate_folds(model_path: str, records_dir: str, report_dir: str, batch_siz
             progress(FoldEvaluating(k, path))
         try:
             evaluation = evaluate(path, records_dir, split=split, batch_size=batch_size, memory=memory,
-                                  strategy=strategy, progress=progress)
+                                  strategy=strategy, progress=progress, tta=tta)
         finally:
             clear_memory_cache()    # -m high: one fold's decoded images at a time
         fold_dir = os.path.join(report_dir, split)
@@ -91,7 +94,7 @@ def evaluate_folds(model_path: str, records_dir: str, report_dir: str, batch_siz
                       "report": os.path.join(split, REPORT_NAME), "n": metrics["n"],
                       "accuracy": metrics["accuracy"], "loss": metrics["loss"], "auc": metrics["auc"]})
     body = {"protocol": PROTOCOL, "model": model_path, "records": records_dir, "n_folds": N_FOLDS,
-            "std_definition": STD_DEFINITION, "folds": folds, **aggregate_folds(fold_metrics)}
+            "std_definition": STD_DEFINITION, "tta": tta, "folds": folds, **aggregate_folds(fold_metrics)}
     body["summary"] = headline(body["accuracy"], N_FOLDS)
     plots = write_cv_plots(body, report_dir)
     body["files"] = {"fold_reports": [f["report"] for f in folds], "plots": plots}

@@ -22,6 +22,7 @@ from model.contract import DECISION_THRESHOLD, POSITIVE_CLASS, image_size_of, ma
 from model.errors import ModelError
 from model.evaluation.calibration import calibration_metrics
 from model.progress import Advanced, Ended, Progress, Started
+from model.tta import DEFAULT_TTA, averaged, check_tta
 from pipeline.errors import DataError
 from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of
 
@@ -72,6 +73,7 @@ class Evaluation:
     # The threshold decided at and its source, the model's temperature, the calibration fit and
     # what was stored (model/evaluation/decision.py).
     decision: dict = field(default_factory=lambda: {"threshold": DECISION_THRESHOLD, "source": "default"})
+    tta: str = DEFAULT_TTA      # the test-time augmentation the scores were made with (model/tta.py)
 
 
 # ------------------------------------------------------------------ metrics
@@ -209,9 +211,10 @@ def _check_single_machine(strategy) -> None:
             raise ModelError(_ONE_MACHINE)
 
 
-def scored_in_calls(model, dataset):
+def scored_in_calls(model, dataset, tta: str = DEFAULT_TTA):
     """(scores, labels, ages, paths) of a with_meta dataset, several batches per tf.function call
-    (as many as take about AUTO_CALL_SECONDS, model/runtime.py): the host syncs once per call."""
+    (as many as take about AUTO_CALL_SECONDS, model/runtime.py): the host syncs once per call.
+    Scores under test-time augmentation `tta` (model/tta.py)."""
     import time
 
     import tensorflow as tf
@@ -231,7 +234,7 @@ def scored_in_calls(model, dataset):
             if not optional.has_value():
                 break
             images, labels, ages, paths = optional.get_value()
-            scores = tf.reshape(tf.cast(model(images, training=False), tf.float32), [-1])
+            scores = tf.reshape(averaged(lambda x: model(x, training=False), images, tta), [-1])
             parts = [part.write(tf.cast(i, tf.int32), value)
                      for part, value in zip(parts, (scores, labels, ages, paths))]
             batches += 1
@@ -253,7 +256,7 @@ def scored_in_calls(model, dataset):
 
 
 def scored_across_replicas(model, strategy, records_dir: str, split: str, batch_size: int, memory: str,
-                           image_size: int) -> Iterator[tuple]:
+                           image_size: int, tta: str = DEFAULT_TTA) -> Iterator[tuple]:
     """(scores, labels, ages, paths) per replica batch, in the reader's order, under a strategy of
     several replicas on this machine."""
     import tensorflow as tf
@@ -273,7 +276,8 @@ def scored_across_replicas(model, strategy, records_dir: str, split: str, batch_
     dataset = strategy.distribute_datasets_from_function(dataset_fn, options)
 
     def replica_forward(images):
-        return male_probability(model, images)   # the last replica's batch can be empty
+        # The last replica's batch can be empty: male_probability guards it (twice as long with flip).
+        return averaged(lambda x: male_probability(model, x), images, tta)
 
     @tf.function(reduce_retracing=True)
     def step(images):
@@ -290,12 +294,14 @@ def scored_across_replicas(model, strategy, records_dir: str, split: str, batch_
 
 
 def predict_split(model, records_dir: str, split: str, batch_size: int = 64, memory: str = "low",
-                  strategy=None, progress: Progress | None = None) -> SplitPredictions:
-    """Score every example of one split exactly once (under `strategy` when it has several replicas)."""
+                  strategy=None, progress: Progress | None = None, tta: str = DEFAULT_TTA) -> SplitPredictions:
+    """Score every example of one split exactly once (under `strategy` when it has several replicas),
+    with test-time augmentation `tta` (model/tta.py)."""
     from pipeline.reader import describe_dataset, make_dataset
 
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
+    check_tta(tta)
     image_size = image_size_of(model)
     expected = describe_dataset(records_dir, split, image_size=image_size)["count"]
     if progress:
@@ -320,10 +326,11 @@ def predict_split(model, records_dir: str, split: str, batch_size: int = 64, mem
         # batches per call (one host sync per call, not per batch).
         dataset = make_dataset(records_dir, split, batch_size, memory=memory, with_meta=True,
                                image_size=image_size)
-        for chunk in scored_in_calls(model, dataset):
+        for chunk in scored_in_calls(model, dataset, tta):
             collect(*chunk)
     else:
-        for parts in scored_across_replicas(model, strategy, records_dir, split, batch_size, memory, image_size):
+        for parts in scored_across_replicas(model, strategy, records_dir, split, batch_size, memory, image_size,
+                                            tta):
             collect(*parts)
 
     result = SplitPredictions(
@@ -372,8 +379,9 @@ def check_finite_scores(predictions: SplitPredictions, model_path: str) -> None:
 def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size: int = 64,
              memory: str = "low", strategy: str = "auto", progress: Progress | None = None,
              threshold: float | None = None, calibrate_on: str | None = None, store_calibration: bool = False,
-             store_threshold: str | None = None) -> Evaluation:
-    """Load a classifier, score the split(s) of a records directory, compute the metrics.
+             store_threshold: str | None = None, tta: str = DEFAULT_TTA) -> Evaluation:
+    """Load a classifier, score the split(s) of a records directory (with test-time augmentation
+    `tta`, model/tta.py), compute the metrics.
 
     threshold: decide at it (default: the model's stored threshold, else DECISION_THRESHOLD).
     calibrate_on: a split, never a reported one, to fit a temperature and choose thresholds on; the
@@ -390,6 +398,7 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
         raise DataError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
+    check_tta(tta)
     if strategy == "multiworker" or (strategy == "auto" and cluster_tasks() > 1):
         raise ModelError(_ONE_MACHINE)
     splits = resolve_splits(records_dir, split)
@@ -405,7 +414,7 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
     def score(name: str) -> SplitPredictions:
         with _records_to_blame(records_dir, name):
             scored = predict_split(scorer, records_dir, name, batch_size=batch_size, memory=memory,
-                                   strategy=chosen, progress=progress)
+                                   strategy=chosen, progress=progress, tta=tta)
         check_finite_scores(scored, model_path)
         return scored
 
@@ -426,4 +435,4 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
                for name, p in predictions.items()}
     steps.add_group_rates(metrics, predictions, steps.thresholds_for_groups(decision, fit))
     return Evaluation(model_path=model_path, records_dir=records_dir, predictions=predictions, metrics=metrics,
-                      decision=decision)
+                      decision=decision, tta=tta)

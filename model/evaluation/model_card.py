@@ -193,6 +193,7 @@ def model_card(report: dict, manifest=None) -> str:
              f"- Input: face crops as uint8 BGR images (the model subtracts the VGG-Face mean itself). "
              f"Output: the probability of `{report['positive_class']}`; {report['decision_rule']}.",
              *_decision_lines(report),
+             f"- Test-time augmentation: {report.get('tta_rule', 'none')}.",
              "", "## Data", "", *_data_lines(report, manifest), "",
              "## Metrics", "",
              f"Age groups: {', '.join(report['age_groups'])}. {report['age_group_rule']}", ""]

@@ -12,6 +12,7 @@ from model.contract import DECISION_THRESHOLD, POSITIVE_CLASS, decision_rule, la
 from model.evaluation.evaluate import AGE_GROUP_RULE, Evaluation, SplitPredictions
 from model.evaluation.model_card import write_model_card
 from model.evaluation.plots import write_plots
+from model.tta import TTA_DESCRIPTIONS
 from pipeline.files import write_json_atomically
 from pipeline.schema import AGE_GROUP_NAMES, LABEL_NAMES
 
@@ -41,6 +42,9 @@ def build_report(evaluation: Evaluation) -> dict:
         "temperature": temperature_entry(decision),
         "calibration_fit": decision.get("calibration_fit"),
         "stored": decision.get("stored"),
+        # Which test-time augmentation made the scores: the same model gives other numbers with another.
+        "tta": evaluation.tta,
+        "tta_rule": TTA_DESCRIPTIONS[evaluation.tta],
         "age_groups": list(AGE_GROUP_NAMES),
         "age_group_rule": AGE_GROUP_RULE,
         "splits": list(evaluation.metrics),

@@ -37,6 +37,7 @@ from model.inference.inputs import Entry, Inputs
 # ClassifyRow is part of this module's API: the rows it yields.
 from model.inference.prepare import FACE_MODES, ClassifyRow, Prepared, PrepareSettings, prepare
 from model.progress import Advanced, Ended, Progress, Started, TotalKnown
+from model.tta import DEFAULT_TTA, averaged, check_tta
 from pipeline.errors import DataError
 
 # Fewer files are kept in flight with --annotate: their pictures (ANNOTATE_MAX_SIDE) then hold
@@ -86,14 +87,21 @@ def _in_order(pool: ThreadPoolExecutor, entries: Iterable[Entry], work: Callable
         yield future.result()
 
 
-def make_forward(model) -> Callable[[np.ndarray], np.ndarray]:
-    """A compiled forward pass over uint8 [B, S, S, 3] batches of any B (one trace for all sizes)."""
+def make_forward(model, tta: str = DEFAULT_TTA) -> Callable[[np.ndarray], np.ndarray]:
+    """A compiled forward pass over uint8 [B, S, S, 3] batches of any B (one trace for all sizes),
+    scoring with test-time augmentation `tta` (model/tta.py: "flip" is one call on 2B images)."""
     import tensorflow as tf
 
+    check_tta(tta)
     size = image_size_of(model)
     spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
-    forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    return lambda batch: forward(tf.constant(batch)).numpy().reshape(-1)
+    compiled = tf.function(lambda x: averaged(lambda y: model(y, training=False), x, tta), input_signature=[spec])
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return compiled(tf.constant(batch)).numpy().reshape(-1)
+
+    forward.tta = tta           # what ClassifyStream checks a forward pass handed to it against
+    return forward
 
 
 class ClassifyStream:
@@ -102,22 +110,27 @@ class ClassifyStream:
     annotate_dir: each decoded file is also written there with its faces drawn (model.inference.faces.annotate).
     total: a function counting the entries, run in a background thread for the progress bar.
     threshold: a face is male when its score is above it (see `resolve_threshold` for the command's choice).
+    tta: the test-time augmentation (model/tta.py) of the forward pass made here, recorded in every
+    scored row; a `forward` given must have been made with the same (make_forward(model, tta)).
     """
 
     def __init__(self, model, entries: Iterable[Entry], faces: str = "auto", min_face: int = DEFAULT_MIN_FACE,
                  batch_size: int = 64, workers: int | None = None, progress: Progress | None = None,
                  forward=None, annotate_dir: str | None = None, total: Callable[[], int] | None = None,
-                 threshold: float = DECISION_THRESHOLD):
+                 threshold: float = DECISION_THRESHOLD, tta: str = DEFAULT_TTA):
         if faces not in FACE_MODES:
             raise DataError(f"`faces` must be one of {', '.join(FACE_MODES)}, got {faces!r}", field="faces")
         if batch_size < 1:
             raise DataError(f"batch size must be positive, got {batch_size}")
         if min_face < 1:
             raise DataError(f"`min_face` must be a positive number of pixels, got {min_face}", field="min_face")
-        self.entries, self.batch_size, self.total = entries, batch_size, total
+        self.entries, self.batch_size, self.total, self.tta = entries, batch_size, total, check_tta(tta)
         self.threshold = checked_threshold(threshold)
+        if forward is not None and getattr(forward, "tta", tta) != tta:
+            # Rows must not claim a mode their scores were not made with.
+            raise ValueError(f"the forward pass given scores with tta {forward.tta!r}, not {tta!r}")
         self.workers = workers or max(2, os.cpu_count() or 1)
-        self.forward = forward or make_forward(model)
+        self.forward = forward or make_forward(model, tta)
         self.progress = progress or (lambda event: None)
         self.annotate_dir = annotate_dir
         self.detector = FaceDetector(min_face)
@@ -138,6 +151,7 @@ class ClassifyStream:
             for (row, _), score in zip(batch, scores):
                 row.score = float(score)
                 row.label = label_name(row.score, self.threshold)
+                row.tta = self.tta
 
     def _finish(self, prepared: Prepared) -> Iterator[ClassifyRow]:
         """A file's rows, counted as each is taken (the consumer writes a row before asking for the
@@ -225,15 +239,15 @@ def expand_inputs(inputs: Sequence[str]) -> ExpandedInputs:
 
 def classify_files(model, paths: Sequence[str], batch_size: int = 64, workers: int | None = None,
                    progress: Progress | None = None, forward=None, faces: str = "aligned",
-                   threshold: float = DECISION_THRESHOLD) -> list[ClassifyRow]:
+                   threshold: float = DECISION_THRESHOLD, tta: str = DEFAULT_TTA) -> list[ClassifyRow]:
     """Classify image files (aligned face crops unless `faces` says otherwise) with a loaded classifier."""
     return list(ClassifyStream(model, [Entry(p) for p in paths], faces=faces, batch_size=batch_size,
-                               workers=workers, progress=progress, forward=forward, threshold=threshold))
+                               workers=workers, progress=progress, forward=forward, threshold=threshold, tta=tta))
 
 
 def classify(model_path: str, inputs: Sequence[str], batch_size: int = 64, workers: int | None = None,
              progress: Progress | None = None, faces: str = "auto", min_face: int = DEFAULT_MIN_FACE,
-             annotate_dir: str | None = None, threshold: float | None = None) -> ClassifyResult:
+             annotate_dir: str | None = None, threshold: float | None = None, tta: str = DEFAULT_TTA) -> ClassifyResult:
     """Load a classifier (ModelError if the file is not one), classify every face of the inputs and
     return all rows at once (for a few files; the command streams them with ClassifyStream).
     threshold: None decides at the model's stored threshold, else DECISION_THRESHOLD."""
@@ -243,7 +257,8 @@ def classify(model_path: str, inputs: Sequence[str], batch_size: int = 64, worke
     decide_at, _ = resolve_threshold(model_path, threshold)
     stream_inputs = Inputs(inputs)
     stream = ClassifyStream(model, stream_inputs, faces=faces, min_face=min_face, batch_size=batch_size,
-                            workers=workers, progress=progress, annotate_dir=annotate_dir, threshold=decide_at)
+                            workers=workers, progress=progress, annotate_dir=annotate_dir, threshold=decide_at,
+                            tta=tta)
     rows = list(stream)
     return ClassifyResult(rows, stream.tally, stream_inputs.skipped, stream_inputs.single_image,
                           image_size_of(model))

@@ -15,7 +15,7 @@ from model.inference.classify import ClassifyRow, Tally
 
 OUTPUT_FORMATS = ("table", "csv", "json", "jsonl")
 # CSV columns: the box is spread over x, y, w, h (JSON keeps it as one [x, y, w, h] list).
-CSV_FIELDS = ("path", "face", "x", "y", "w", "h", "confidence", "crop", "label", "score", "error")
+CSV_FIELDS = ("path", "face", "x", "y", "w", "h", "confidence", "crop", "label", "score", "error", "tta")
 _TABLE = "{label:<6}  {score:>8}  {face:>4}  {box:<19}  {conf:>5}  {path}"
 
 
@@ -33,7 +33,7 @@ def _csv_cells(row: ClassifyRow) -> list:
     box = row.box or ["", "", "", ""]
     return [row.path, "" if row.face is None else row.face, *box,
             "" if row.confidence is None else f"{row.confidence:.6f}", row.crop or "", row.label or "",
-            "" if row.score is None else f"{row.score:.9g}", row.error or ""]
+            "" if row.score is None else f"{row.score:.9g}", row.error or "", row.tta or ""]
 
 
 class RowWriter:
@@ -84,15 +84,19 @@ def format_rows(rows: Iterable[ClassifyRow], fmt: str = "table") -> str:
 
 
 def familiar_block(row: ClassifyRow) -> str:
-    """The original's one-image output."""
-    return f"****\noutput class is {row.label}. (sigmoid value={row.score!r})\n****\n"
+    """The original's one-image output; with test-time augmentation a line says which (the score
+    is then a mean), so the default output stays the original's exactly."""
+    tta = f"test-time augmentation: {row.tta}\n" if row.tta not in (None, "none") else ""
+    return f"****\noutput class is {row.label}. (sigmoid value={row.score!r})\n{tta}****\n"
 
 
-def summary_line(tally: Tally, skipped_files: int, min_face: int, output: str | None = None) -> str:
-    """The run in one line: faces classified, files failed, what was skipped and where rows went."""
+def summary_line(tally: Tally, skipped_files: int, min_face: int, output: str | None = None,
+                 tta: str = "none") -> str:
+    """The run in one line: faces classified, files failed, what was skipped, the test-time
+    augmentation (a table has no column for it) and where rows went."""
     labels = ", ".join(f"{tally.labels.get(name, 0)} {name}" for name in ("female", "male"))
     text = (f"classified {tally.faces} faces in {tally.files - tally.failed} of {tally.files} files: {labels}, "
-            f"{tally.failed} failed (unreadable, or no face found)")
+            f"{tally.failed} failed (unreadable, or no face found); test-time augmentation: {tta}")
     if tally.small_faces:
         text += f"; {tally.small_faces} faces smaller than {min_face} px skipped"
     if skipped_files:

@@ -36,6 +36,7 @@ class ClassifyRow:
     label: str | None = None
     score: float | None = None
     error: str | None = None
+    tta: str | None = None          # the test-time augmentation the score was made with (model/tta.py)
 
 
 @dataclass

@@ -12,6 +12,10 @@ Signatures (all outputs per image):
   Pillow): EXIF orientation, JPEG reduced in the DCT domain like Pillow's `draft`, 3-channel colour
   (alpha composited on white), the largest centred square resized with an antialiased Lanczos-3
   filter, BGR. A file that does not decode fails the whole request (TensorFlow's error names it).
+- `serve_images_flip`: the same input and outputs as `serve_images`, with flip test-time
+  augmentation (model/tta.py, as `classify --tta flip`): each decoded face and its mirror image go
+  through the model in one call, and `male_probability` is the mean of their two probabilities
+  (`label` decides on that mean).
 - `serve`: Keras' own endpoint, kept for callers of `model.export`'s SavedModel: uint8 BGR ->
   the model's raw [-1, 1] output.
 
@@ -30,12 +34,14 @@ import tensorflow as tf
 from model.contract import DECISION_THRESHOLD, checked_threshold, image_size_of, male_probability, predicted_male
 from model.errors import ModelError
 from model.network.head import OUTPUT_LAYER, is_classifier
+from model.tta import TTA_FLIP, averaged
 from pipeline.decode import MAX_PIXELS
 from pipeline.files import replacing
 from pipeline.schema import LABEL_NAMES
 
 SERVING_DEFAULT = "serving_default"
 SERVE_IMAGES = "serve_images"
+SERVE_IMAGES_FLIP = "serve_images_flip"
 KERAS_SERVE = "serve"
 PROBABILITY_OUTPUT = "male_probability"
 LABEL_OUTPUT = "label"
@@ -259,6 +265,9 @@ def export_savedmodel(model: keras.Model, directory: str, threshold: float = DEC
     endpoints = {
         SERVING_DEFAULT: (lambda image: _named(male_probability(model, image), threshold), pixels),
         SERVE_IMAGES: (lambda images: _named(male_probability(model, decode_batch(images, size)), threshold), encoded),
+        # male_probability inside averaged: an empty request stays empty (and the model uncalled).
+        SERVE_IMAGES_FLIP: (lambda images: _named(averaged(lambda x: male_probability(model, x),
+                                                           decode_batch(images, size), TTA_FLIP), threshold), encoded),
         KERAS_SERVE: (lambda image: male_probability(model, image), pixels),
     }
     archive = keras.export.ExportArchive()
