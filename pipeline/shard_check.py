@@ -7,6 +7,7 @@ the training loop (catch tf.errors.OpError around the iteration).
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import tensorflow as tf
@@ -15,6 +16,13 @@ from pipeline import files
 from pipeline.errors import DataError
 from pipeline.manifest import join, load_manifest
 from pipeline.reader import PARSE_CHUNK, as_split_list, check_splits, parse_record, rerun_hint
+
+
+def _broken_rule(message: str) -> str | None:
+    """The message of parse_record's failed check (e.g. pipeline.schema.LABEL_RULE) inside
+    TensorFlow's error text, or None when the failure is not one of them."""
+    match = re.search(r"assertion failed: \[(.*?)\]", message)
+    return match.group(1).replace("\\'", "'")[:200] if match else None
 
 
 def _shard_problem(path: str, expected: int | None, image_size: int) -> tuple[int, str | None]:
@@ -26,6 +34,9 @@ def _shard_problem(path: str, expected: int | None, image_size: int) -> tuple[in
     try:
         n = int(ds.reduce(tf.constant(0, tf.int64), lambda total, k: total + k))
     except tf.errors.OpError as err:
+        rule = _broken_rule(err.message or "")
+        if rule:
+            return 0, f"holds a record that breaks the records contract ({rule})"
         detail = (err.message or type(err).__name__).strip().splitlines()[0][:200]
         return 0, f"is corrupt ({detail})"
     if expected is not None and n != expected:

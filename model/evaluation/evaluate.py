@@ -21,7 +21,8 @@ from model.contract import DECISION_THRESHOLD, POSITIVE_CLASS, image_size_of, ma
 from model.errors import ModelError
 from model.progress import Advanced, Ended, Progress, Started
 from pipeline.errors import DataError
-from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of
+from pipeline.schema import (AGE_GROUP_NAMES, AGE_UNKNOWN, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of,
+                             label_problem)
 
 # The age-group rule, stated in the report in the words of the one function that applies it
 # (its constant's name replaced by what it means to a reader of the report).
@@ -113,8 +114,9 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray) -> d
     n = len(labels)
     if n == 0:
         raise DataError("no examples to evaluate")
-    if set(np.unique(labels)) - {0, 1}:
-        raise DataError(f"labels must be 0 (female) or 1 (male), got {sorted(set(np.unique(labels)))}")
+    problem = label_problem(labels)
+    if problem:
+        raise DataError(problem)
     predicted = predicted_labels(scores)
 
     out: dict = {"n": n, "accuracy": _accuracy(labels, predicted),

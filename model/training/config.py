@@ -24,6 +24,11 @@ from pipeline.outputs import DIR, FILE, check_outputs
 from pipeline.schema import MEMORY_MODES
 
 
+# The largest seed: the head's initializers take seed and seed + 1, and TensorFlow's and Keras'
+# random ops want them within a 32-bit int.
+MAX_SEED = 2 ** 31 - 2
+
+
 def _resume(default, **kwargs):
     """A field that must be equal for a checkpoint to be continued: it changes the network, the
     optimizer's state layout or the order and content of the data."""
@@ -178,6 +183,8 @@ def check_config(config: TrainConfig) -> None:
          f"must be 2 or more for `head_init` probe (two units carry the probe's logit), got "
          f"{config.dense_units}; raise it or pass `head_init` random"),
         ("stats_images", config.stats_images >= 1, f"must be at least 1, got {config.stats_images}"),
+        ("seed", isinstance(config.seed, int) and not isinstance(config.seed, bool) and 0 <= config.seed <= MAX_SEED,
+         f"must be a whole number in [0, {MAX_SEED}], got {config.seed!r}"),
         ("val_fold", config.val_fold is None or 0 <= config.val_fold < N_FOLDS,
          f"must be one of 0 … {N_FOLDS - 1} (the {N_FOLDS} Adience folds), got {config.val_fold}"),
     ]

@@ -1,0 +1,130 @@
+"""Issue #19, the training, preprocess and evaluate findings: labels outside {0, 1}, out-of-range
+seeds, data swapped behind the same names and sizes, two runs into the same outputs, half-replaced
+report folders, Ctrl-C to the preprocess launcher, symlinked shards.
+
+Refusals are asserted as test_safety does: exit status 2, one `error:` line, no traceback. Most
+variants call `cli.main` in this process (no second TensorFlow start-up).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+from pipeline.preprocess.job import run_preprocess
+from pipeline.records import decode_example, encode_example
+from pipeline.schema import MANIFEST_NAME
+from pipeline.synthetic.tree import make_adience_tree
+
+from .test_safety import IN_MEMORY, SIZE, main, manifest_of, refused
+
+
+@pytest.fixture(scope="module")
+def guard_root(tmp_path_factory) -> str:
+    """A small Adience tree (12 training, 6 validation images)."""
+    root = str(tmp_path_factory.mktemp("guards") / "adience")
+    make_adience_tree(root, n_train=12, n_valid=6, image_size=48, seed=5, bad_files=False, variety=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def guard_records(guard_root, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("guards_records") / "records")
+    run_preprocess(guard_root, out, image_size=SIZE, train_shards=2, valid_shards=2, beam_args=IN_MEMORY)
+    return out
+
+
+@pytest.fixture
+def records(guard_records, tmp_path) -> str:
+    """A private copy of the records, free to damage."""
+    copy = str(tmp_path / "records")
+    shutil.copytree(guard_records, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def small_model(slim_t7, tmp_path_factory) -> str:
+    """An (untrained) slim classifier at SIZE."""
+    from model.network.backbone import load_backbone
+    from model.network.head import build_classifier
+
+    path = str(tmp_path_factory.mktemp("guards_model") / "small.keras")
+    build_classifier(load_backbone(slim_t7, image_size=SIZE), freeze_through="none").save(path)
+    return path
+
+
+def _records_of(path: str) -> list[bytes]:
+    import tensorflow as tf
+
+    return [bytes(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+
+
+def rewrite_shard(records: str, split: str, index: int, edit, update_manifest: bool = True) -> str:
+    """Rewrite one shard with every record passed through edit(dict) -> dict; the manifest's hash
+    of it follows (as a preprocess run that wrote such records would have it) unless told not to."""
+    import tensorflow as tf
+
+    body = manifest_of(records)
+    name = body["splits"][split]["shards"][index]
+    path = os.path.join(records, name)
+    examples = [edit(decode_example(r)) for r in _records_of(path)]
+    with tf.io.TFRecordWriter(path) as writer:
+        for e in examples:
+            writer.write(encode_example(e["image"], e["label"], e["age"], e["path"]))
+    hashes = body["splits"][split].get("shard_sha256")
+    if update_manifest and hashes is not None:
+        with open(path, "rb") as f:
+            hashes[index] = hashlib.sha256(f.read()).hexdigest()
+        with open(os.path.join(records, MANIFEST_NAME), "w") as f:
+            json.dump(body, f)
+    return path
+
+
+# ----------------------------------------------------------------------------- 8. labels
+def test_train_and_evaluate_refuse_labels_outside_0_and_1(slim_t7, small_model, records, tmp_path):
+    rewrite_shard(records, "train", 0, lambda e: {**e, "label": 7})
+    rewrite_shard(records, "valid", 0, lambda e: {**e, "label": 7})
+    out = tmp_path / "m.keras"
+    refused(main("train", "-w", slim_t7, "-i", records, "-o", out, "-b1", 2, "--stats-images", 4,
+                 "--freeze-through", "none"), "label must be 0 (female) or 1 (male)")
+    assert not out.exists()
+    refused(main("evaluate", "-m", small_model, "-i", records, "--report-dir", tmp_path / "r"),
+            "label must be 0 (female) or 1 (male)")
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_label_rule_is_one_function():
+    import numpy as np
+
+    from model.evaluation.evaluate import split_metrics
+    from pipeline.errors import DataError
+    from pipeline.schema import label_problem
+
+    assert label_problem([0, 1, 1]) is None
+    assert "got [7]" in label_problem(np.array([0, 7]))
+    with pytest.raises(DataError, match=r"label must be 0 \(female\) or 1 \(male\), got \[-1\]"):
+        split_metrics(np.array([0, -1]), np.array([0.1, 0.2]), np.array([30, 30]))
+
+
+# ----------------------------------------------------------------------------- 9. seed range
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 63 - 1), str(2 ** 31 - 1)])
+def test_train_refuses_a_seed_out_of_range_in_one_line(slim_t7, guard_records, tmp_path, seed):
+    refused(main("train", "-w", slim_t7, "-i", guard_records, "-o", tmp_path / "m.keras", "--seed", seed),
+            "--seed must be a whole number in [0, 2147483646]", f"got {seed}")
+    assert not os.listdir(tmp_path)
+
+
+def test_the_config_check_names_the_seed_field(slim_t7, guard_records, tmp_path):
+    from model.errors import ModelError
+    from model.training.config import MAX_SEED, TrainConfig, check_config
+
+    for seed in (-1, 2 ** 63 - 1, MAX_SEED + 1, 1.5):
+        with pytest.raises(ModelError, match="`seed`") as caught:
+            check_config(TrainConfig(weights=slim_t7, records=guard_records, output=str(tmp_path / "m.keras"),
+                                     seed=seed))
+        assert caught.value.field == "seed"
+    check_config(TrainConfig(weights=slim_t7, records=guard_records, output=str(tmp_path / "m.keras"),
+                             seed=MAX_SEED))
