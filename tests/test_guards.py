@@ -7,10 +7,14 @@ variants call `cli.main` in this process (no second TensorFlow start-up).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -128,3 +132,96 @@ def test_the_config_check_names_the_seed_field(slim_t7, guard_records, tmp_path)
         assert caught.value.field == "seed"
     check_config(TrainConfig(weights=slim_t7, records=guard_records, output=str(tmp_path / "m.keras"),
                              seed=MAX_SEED))
+
+
+# ----------------------------------------------------------------------------- 11, 12. output locks
+_HOLDER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from pipeline.files import output_lock
+with output_lock({path!r}, "x", folder={folder!r}):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@contextlib.contextmanager
+def held_by_another_process(path: str, folder: bool):
+    """Another process holding the output's lock (a run in progress); it is killed afterwards."""
+    from .conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER.format(root=ROOT, path=str(path), folder=folder)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_second_train_into_the_same_output_is_refused_saying_who_holds_it(slim_t7, guard_records, tmp_path):
+    out = tmp_path / "m.keras"
+    with held_by_another_process(out, folder=False) as pid:
+        line = refused(main("train", "-w", slim_t7, "-i", guard_records, "-o", out),
+                       "-o/--output", str(out), "in use by another run", f"pid {pid} on host {socket.gethostname()}")
+    assert "since 20" in line
+    assert not out.exists() and not (tmp_path / "m.ckpt").exists()
+    # The kernel dropped the killed holder's lock: the next run may take it, and leaves no lock file.
+    from pipeline.files import lock_file_of, output_lock
+
+    with output_lock(str(out), "x"):
+        pass
+    assert not os.path.exists(lock_file_of(str(out), folder=False))
+
+
+def test_train_holds_its_output_and_checkpoint_locks_for_the_whole_run(slim_t7, guard_records, tmp_path):
+    from model.training import TrainConfig, train
+    from model.training.events import Setup
+    from pipeline.errors import DataError
+    from pipeline.files import output_lock
+
+    out = str(tmp_path / "m.keras")
+    tried = []
+
+    def progress(event):
+        if isinstance(event, Setup):
+            for path, what in ((out, "output"), (str(tmp_path / "m.ckpt"), "checkpoint")):
+                try:
+                    with output_lock(path, what):
+                        tried.append((what, "free"))
+                except DataError as err:
+                    tried.append((what, str(err)))
+
+    train(TrainConfig(weights=slim_t7, records=guard_records, output=out, epochs=1, batch_size=4, augment=False,
+                      stats_images=4, strategy="default", precision="float32", freeze_through="none"),
+          progress=progress)
+    assert [w for w, _ in tried] == ["output", "checkpoint"]
+    assert all(f"in use by another run (pid {os.getpid()}" in m for _, m in tried), tried
+    assert os.path.exists(out)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".lock")]
+
+
+def test_a_second_preprocess_into_the_same_out_is_refused_and_the_lock_is_held_while_it_runs(guard_root, tmp_path):
+    from pipeline.errors import DataError
+    from pipeline.files import LOCK_NAME, output_lock
+    from pipeline.preprocess.events import Started
+
+    out = tmp_path / "records"
+    with held_by_another_process(out, folder=True) as pid:
+        refused(main("preprocess", "-i", guard_root, "-o", out, "--image-size", SIZE, *IN_MEMORY),
+                "-o/--output", "in use by another run", f"pid {pid} on host")
+    assert os.listdir(out) == [LOCK_NAME]     # nothing written; the killed holder's lock file stays, its lock is gone
+    tried = []
+
+    def progress(event):
+        if isinstance(event, Started):
+            try:
+                with output_lock(str(out), "OUT", folder=True):
+                    tried.append("free")
+            except DataError as err:
+                tried.append(str(err))
+
+    run_preprocess(guard_root, str(out), image_size=SIZE, beam_args=IN_MEMORY, progress=progress)
+    assert len(tried) == 1 and f"pid {os.getpid()}" in tried[0]
+    assert MANIFEST_NAME in os.listdir(out) and LOCK_NAME not in os.listdir(out)

@@ -7,10 +7,12 @@ setting that changes the training is refused on resume by marking it, not by edi
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from model.defaults import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT,
                             DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_HEAD_INIT, DEFAULT_LEARNING_RATE,
@@ -20,6 +22,7 @@ from model.errors import ModelError
 from model.network.vggface import VGGWidths
 from pipeline.augment import AugmentParams
 from pipeline.folds import N_FOLDS
+from pipeline.files import output_lock
 from pipeline.outputs import DIR, FILE, check_outputs
 from pipeline.schema import MEMORY_MODES
 
@@ -146,6 +149,19 @@ def output_paths(config: TrainConfig) -> dict[str, str]:
         "log_dir": config.resolved_log_dir(),
         "checkpoint_dir": config.resolved_checkpoint_dir(),
     }
+
+
+@contextlib.contextmanager
+def locked_outputs(config: TrainConfig) -> Iterator[None]:
+    """Hold the locks of a run's outputs (pipeline.files.output_lock) for the block: the model and
+    the checkpoint directory, so that a second run writing either is refused in one line instead
+    of interleaving its checkpoints with this one's. Only where outputs are written (the chief)."""
+    paths = output_paths(config)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(output_lock(paths["output"], f"`output` {paths['output']}", field="output"))
+        stack.enter_context(output_lock(paths["checkpoint_dir"], f"`checkpoint_dir` {paths['checkpoint_dir']}",
+                                        field="checkpoint_dir"))
+        yield
 
 
 def check_config(config: TrainConfig) -> None:

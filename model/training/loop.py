@@ -9,6 +9,7 @@ the end of the data or after about AUTO_CALL_SECONDS of steps — validation, th
 # in order; splitting it would pass that state between modules. The pieces it orders live elsewhere.
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -25,7 +26,8 @@ from model.runtime import (TaskInfo, accelerators, precision, resolve_augment_on
                               select_strategy, task_info)
 from model.errors import ModelError
 from model.training import events
-from model.training.config import TrainConfig, check_config, fingerprint, machine_of, output_paths
+from model.training.config import (TrainConfig, check_config, fingerprint, locked_outputs, machine_of,
+                                   output_paths)
 from model.training.datasets import run_data, train_dataset, training_splits, valid_dataset
 from model.training.exports import replica_digests, weights_digest, write_outputs
 from model.training.state import RunState
@@ -83,8 +85,10 @@ def train(config: TrainConfig, progress: events.Progress | None = None,
     # collective ops at start-up.
     strategy = strategy if strategy is not None else select_strategy(config.strategy)
     policy = select_precision(config.precision)
+    # Only the chief writes the outputs, so only it locks them; for the whole run.
+    lock = locked_outputs(config) if task_info(strategy).is_chief else contextlib.nullcontext()
     # Before the model is built: layers take the global policy when they are created.
-    with precision(policy):
+    with lock, precision(policy):
         return _Run(config, strategy, policy, progress or (lambda event: None)).run()
 
 
