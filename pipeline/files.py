@@ -180,8 +180,8 @@ def output_lock(path: str, what: str, folder: bool = False, field: str | None = 
                 break
             handle.close()
     except OSError as err:
-        raise DataError(f"cannot lock {what} ({lock_path}: {err.strerror or err}); fix the folder's "
-                        f"permissions or write somewhere else", field=field) from None
+        raise DataError(f"cannot write into {what} (its lock file {lock_path}: {err.strerror or err}); nothing "
+                        f"was written: fix the folder's permissions or write somewhere else", field=field) from None
     try:
         handle.seek(0)
         handle.truncate()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from typing import NamedTuple, Sequence
 
@@ -118,6 +119,9 @@ def _shard_paths(records_dir: str, manifest: Manifest, splits: list[str]) -> Sha
         info = manifest.splits[name]
         for shard in info.shards:
             path = join(records_dir, shard)
+            if not files.is_remote(path) and os.path.islink(path):
+                raise DataError(f"shard {path} listed in the manifest is a symbolic link; shards must be files inside "
+                                f"the records folder: {rerun_hint(records_dir, manifest)}")
             if not files.exists(path):
                 raise DataError(f"shard {path} listed in the manifest is missing; the records directory is "
                                 f"incomplete: {rerun_hint(records_dir, manifest)}")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 # Bump when the record layout or the manifest changes: readers refuse other versions.
-SCHEMA_VERSION = 1
+# Version 2: the manifest holds each shard's sha256 (`shard_sha256`) and, for the folds layout,
+# each fold file's (`fold_files_sha256`); version 1 manifests are refused (rerun preprocess).
+SCHEMA_VERSION = 2
 # The size VGG-Face's fully connected layers were trained for (pool5 is then 7×7): every command's default.
 DEFAULT_IMAGE_SIZE = 224
 CHANNELS = 3

@@ -225,3 +225,92 @@ def test_a_second_preprocess_into_the_same_out_is_refused_and_the_lock_is_held_w
     run_preprocess(guard_root, str(out), image_size=SIZE, beam_args=IN_MEMORY, progress=progress)
     assert len(tried) == 1 and f"pid {os.getpid()}" in tried[0]
     assert MANIFEST_NAME in os.listdir(out) and LOCK_NAME not in os.listdir(out)
+
+
+# ----------------------------------------------------------------------------- 10. content hashes
+def test_preprocess_writes_each_shards_sha256_and_the_schema_version(guard_records):
+    from pipeline.schema import SCHEMA_VERSION
+
+    body = manifest_of(guard_records)
+    assert body["schema_version"] == SCHEMA_VERSION == 2
+    for split in body["splits"].values():
+        assert len(split["shard_sha256"]) == len(split["shards"])
+        for name, digest in zip(split["shards"], split["shard_sha256"]):
+            with open(os.path.join(guard_records, name), "rb") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == digest
+
+
+def test_a_manifest_without_hashes_is_refused_in_one_line(records, small_model, tmp_path):
+    body = manifest_of(records)
+    body["splits"]["valid"].pop("shard_sha256")
+    with open(os.path.join(records, MANIFEST_NAME), "w") as f:
+        json.dump(body, f)
+    refused(main("evaluate", "-m", small_model, "-i", records, "--report-dir", tmp_path / "r"),
+            "no sha256 for each of its 2 shards", "--overwrite")
+    body["schema_version"] = 1
+    with open(os.path.join(records, MANIFEST_NAME), "w") as f:
+        json.dump(body, f)
+    refused(main("evaluate", "-m", small_model, "-i", records, "--report-dir", tmp_path / "r"),
+            "schema version 1", "--overwrite")
+
+
+def _invert(example: dict) -> dict:
+    return {**example, "image": 255 - example["image"]}
+
+
+def test_resume_refuses_records_of_other_pixels_with_the_same_names_counts_and_sizes(slim_t7, records, tmp_path):
+    out = tmp_path / "m.keras"
+    args = ("train", "-w", slim_t7, "-i", records, "-o", out, "-b1", 4, "--stats-images", 4, "--no-augment",
+            "--freeze-through", "none", "--precision", "float32", "--strategy", "default")
+    assert main(*args, "-e", 1).returncode == 0
+    sizes = {n: os.path.getsize(os.path.join(records, n)) for n in os.listdir(records)}
+    for split, body in manifest_of(records)["splits"].items():
+        for index in range(len(body["shards"])):
+            rewrite_shard(records, split, index, _invert)      # what preprocess of inverted faces writes
+    assert {n: os.path.getsize(os.path.join(records, n)) for n in os.listdir(records) if n != MANIFEST_NAME} == \
+        {n: s for n, s in sizes.items() if n != MANIFEST_NAME}
+    refused(main(*args, "-e", 2), "holds a checkpoint of a different training", "train_records")
+
+
+def test_one_swapped_shard_is_refused_by_train_and_evaluate_and_named_by_shard_check(slim_t7, small_model,
+                                                                                     records, tmp_path):
+    from pipeline.shard_check import find_corrupt_shard
+
+    shard = rewrite_shard(records, "valid", 1, _invert, update_manifest=False)
+    before = manifest_of(records)
+    line = refused(main("train", "-w", slim_t7, "-i", records, "-o", tmp_path / "m.keras"),
+                   f"shard {shard} does not hold the bytes preprocess wrote", "--overwrite")
+    assert "sha256" in line
+    refused(main("evaluate", "-m", small_model, "-i", records, "--report-dir", tmp_path / "r"),
+            f"shard {shard} does not hold the bytes preprocess wrote")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "m.keras").exists()
+    assert find_corrupt_shard(records, ["train", "valid"])[0] == shard
+    assert manifest_of(records) == before
+
+
+def test_a_symlinked_shard_is_refused_in_one_line(small_model, records, guard_records, tmp_path):
+    name = manifest_of(records)["splits"]["valid"]["shards"][0]
+    os.remove(os.path.join(records, name))
+    os.symlink(os.path.join(guard_records, name), os.path.join(records, name))   # the same bytes, elsewhere
+    refused(main("evaluate", "-m", small_model, "-i", records, "--report-dir", tmp_path / "r"),
+            os.path.join(records, name), "symbolic link")
+
+
+def test_the_folds_layout_hashes_its_fold_files_into_the_records_digest(tmp_path):
+    from pipeline.folds import FOLD_FILE
+    from pipeline.manifest import FOLD_FILES_SHA256, manifest_digest
+    from pipeline.synthetic.tree import make_adience_folds
+
+    root, out = str(tmp_path / "folds"), str(tmp_path / "records")
+    make_adience_folds(root, n_users=5, faces_per_user=2, image_size=32, seed=1)
+    run_preprocess(root, out, image_size=SIZE, fold_shards=1, beam_args=IN_MEMORY)
+    body = manifest_of(out)
+    for k in range(5):
+        with open(os.path.join(root, FOLD_FILE.format(k=k)), "rb") as f:
+            assert body[FOLD_FILES_SHA256][FOLD_FILE.format(k=k)] == hashlib.sha256(f.read()).hexdigest()
+    digest = manifest_digest(out, ["fold1", "fold2"])
+    body[FOLD_FILES_SHA256][FOLD_FILE.format(k=0)] = "0" * 64      # a fold file that said otherwise
+    with open(os.path.join(out, MANIFEST_NAME), "w") as f:
+        json.dump(body, f)
+    assert manifest_digest(out, ["fold1", "fold2"]) != digest
+

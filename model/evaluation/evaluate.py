@@ -376,6 +376,9 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
     if strategy == "multiworker" or (strategy == "auto" and cluster_tasks() > 1):
         raise ModelError(_ONE_MACHINE)
     splits = resolve_splits(records_dir, split)
+    from pipeline.shard_check import verify_shards
+
+    verify_shards(records_dir, splits)      # records swapped behind the manifest's back: refused first
     chosen = select_strategy(strategy)
     with chosen.scope():
         model = load_classifier(model_path)

@@ -34,7 +34,7 @@ from model.training.state import RunState
 from model.training.start import apply_linear_start, effective_head_init, start_row, uses_linear_start
 from model.training.steps import make_steps
 from pipeline.reader import describe_dataset
-from pipeline.shard_check import records_error
+from pipeline.shard_check import records_error, verify_shards
 
 # With several workers "auto" is this fixed number: every worker then makes the same calls.
 MULTIWORKER_STEPS_PER_CALL = 50
@@ -124,6 +124,9 @@ class _Run:
         self.train_splits, self.valid_splits = training_splits(config.records, config.val_fold)
         self.train_info = describe_dataset(config.records, self.train_splits)
         self.valid_info = describe_dataset(config.records, self.valid_splits)
+        # The shards' bytes against the manifest's hashes, before anything reads them: swapped
+        # records are refused, not used (the fingerprint's digest, run_data, finds them hashed).
+        verify_shards(config.records, self.train_splits + self.valid_splits)
         if self.train_info["count"] < self.global_batch:
             raise ModelError(f"the training split ({'+'.join(self.train_splits)}) of {config.records} has "
                              f"{self.train_info['count']} examples, fewer than one global batch ({config.batch_size} "
