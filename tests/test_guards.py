@@ -314,3 +314,83 @@ def test_the_folds_layout_hashes_its_fold_files_into_the_records_digest(tmp_path
         json.dump(body, f)
     assert manifest_digest(out, ["fold1", "fold2"]) != digest
 
+
+# ----------------------------------------------------------------------------- 13. report folders
+def _evaluation(records: str):
+    """An Evaluation of the records' valid split without a model (scores made up)."""
+    import numpy as np
+
+    from model.evaluation.evaluate import Evaluation, SplitPredictions, split_metrics
+
+    labels, ages = np.array([0, 1, 0, 1]), np.array([3, 25, 40, 60])
+    scores = np.array([0.2, 0.9, 0.6, 0.7], np.float32)
+    p = SplitPredictions("valid", [f"x/{i}.jpg" for i in range(4)], labels, ages, scores)
+    return Evaluation("m.keras", records, {"valid": p}, {"valid": split_metrics(labels, scores, ages)})
+
+
+def _tree(folder) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                out[os.path.relpath(os.path.join(dirpath, name), folder)] = f.read()
+    return out
+
+
+def test_a_report_killed_while_rewritten_leaves_the_old_report_whole(guard_records, tmp_path, monkeypatch):
+    from model.evaluation import report as report_module
+
+    report_dir = tmp_path / "report"
+    report_module.write_report(_evaluation(guard_records), str(report_dir))
+    before = _tree(report_dir)
+    assert "report.json" in before and "valid_roc.png" in before and "model_card.md" in before
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt      # after the plots were written, before the rest
+
+    monkeypatch.setattr(report_module, "write_predictions_csv", killed)
+    with pytest.raises(KeyboardInterrupt):
+        report_module.write_report(_evaluation(guard_records), str(report_dir))
+    assert _tree(report_dir) == before
+    assert os.listdir(tmp_path) == ["report"]          # no temporary folder left beside it
+
+
+def test_ctrl_c_while_writing_plots_writes_no_report_and_says_so(small_model, guard_records, tmp_path, monkeypatch):
+    from model.evaluation import plots
+
+    calls = []
+    original = plots.save
+
+    def save_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        original(*args, **kwargs)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "save", save_then_interrupt)
+    proc = main("evaluate", "-m", small_model, "-i", guard_records, "--report-dir", tmp_path / "r")
+    assert proc.returncode == 130 and "no report was written" in proc.stderr
+    assert len(calls) == 2 and os.listdir(tmp_path) == []
+
+
+def test_report_folder_problems_are_found_before_evaluating(small_model, guard_records, tmp_path, monkeypatch):
+    import model.evaluation.evaluate as evaluate_module
+
+    # A report.json that is a folder: the report replaces its folder whole, so it simply works.
+    (tmp_path / "r" / "report.json").mkdir(parents=True)
+    assert main("evaluate", "-m", small_model, "-i", guard_records, "--report-dir", tmp_path / "r").returncode == 0
+    assert os.path.isfile(tmp_path / "r" / "report.json")
+
+    def never(*args, **kwargs):
+        raise AssertionError("evaluated before the report folder was checked")
+
+    monkeypatch.setattr(evaluate_module, "evaluate", never)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    refused(main("evaluate", "-m", small_model, "-i", guard_records, "--report-dir", tmp_path / "mine"),
+            "--report-dir", "not an earlier report")
+    (tmp_path / "file").write_text("x")
+    refused(main("evaluate", "-m", small_model, "-i", guard_records, "--report-dir", tmp_path / "file"),
+            "--report-dir")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
