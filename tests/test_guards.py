@@ -394,3 +394,69 @@ def test_report_folder_problems_are_found_before_evaluating(small_model, guard_r
             "--report-dir")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
+
+# ----------------------------------------------------------------------------- 14. Ctrl-C to the launcher alone
+_SLOW_SHARDS = """
+import os, time
+if os.environ.get("GC_TEST_SLOW_SHARDS"):
+    from pipeline.preprocess import graph
+    _write = graph.WriteShard._write_shard
+    def _slow(self, *args, **kwargs):
+        time.sleep(60)           # a shard that takes long: the run is surely mid-way when stopped
+        return _write(self, *args, **kwargs)
+    graph.WriteShard._write_shard = _slow
+"""
+
+
+def test_sigint_to_the_launcher_alone_ends_its_workers_quietly_and_leaves_no_temp_folder(guard_root, tmp_path):
+    import signal
+    import time
+
+    from pipeline.preprocess.execute import _children
+    from pipeline.preprocess.worker import process_alive
+
+    from .conftest import CLI, ROOT
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_SLOW_SHARDS)      # imported by every process, workers too
+    env = {**os.environ, "GC_TEST_SLOW_SHARDS": "1",
+           "PYTHONPATH": os.pathsep.join([str(hooks), ROOT, os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "records"
+    err = open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen([*CLI, "preprocess", "-i", guard_root, "-o", str(out), "--image-size", str(SIZE),
+                             "--direct_running_mode=multi_processing", "--direct_num_workers=1"],
+                            stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, env=env)
+    try:
+        deadline, workers = time.monotonic() + 120, []
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _children(proc.pid)
+            beats = [n for n in (os.listdir(out) if out.exists() else []) if n.startswith(".tmp-")]
+            if workers and beats and os.path.exists(out / beats[0] / "plan.json"):
+                break
+            time.sleep(0.1)
+        assert workers and proc.poll() is None, "the run ended before its worker started"
+        time.sleep(1.0)                     # the worker connects and takes its shard
+        os.kill(proc.pid, signal.SIGINT)    # the launcher alone, not its process group
+        assert proc.wait(timeout=60) == 130
+        assert not [pid for pid in workers if process_alive(pid)], "a worker outlived its launcher"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err.seek(0)
+    text = err.read()
+    assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
+    assert "preprocess: interrupted" in text
+    time.sleep(1.5)                         # a straggler would re-create the temp folder by now
+    assert [n for n in os.listdir(out) if n.startswith(".tmp-")] == []
+
+
+def test_a_rerun_removes_an_unlocked_temp_folder_at_once(guard_root, tmp_path):
+    out = tmp_path / "records"
+    leftover = out / ".tmp-0123456789ab"        # an orphaned worker re-created it after its run ended
+    (leftover / "progress").mkdir(parents=True)
+    (leftover / "progress" / "train-00000.json").write_text("{}")
+    summary = run_preprocess(guard_root, str(out), image_size=SIZE, beam_args=IN_MEMORY)
+    assert summary.stale_removed == [".tmp-0123456789ab"] and summary.busy_temp == []
+    assert not leftover.exists()
