@@ -8,6 +8,7 @@ variants call `cli.main` in this process (no second TensorFlow start-up).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -175,33 +176,6 @@ def test_a_second_train_into_the_same_output_is_refused_saying_who_holds_it(slim
     assert not os.path.exists(lock_file_of(str(out), folder=False))
 
 
-def test_train_holds_its_output_and_checkpoint_locks_for_the_whole_run(slim_t7, guard_records, tmp_path):
-    from model.training import TrainConfig, train
-    from model.training.events import Setup
-    from pipeline.errors import DataError
-    from pipeline.files import output_lock
-
-    out = str(tmp_path / "m.keras")
-    tried = []
-
-    def progress(event):
-        if isinstance(event, Setup):
-            for path, what in ((out, "output"), (str(tmp_path / "m.ckpt"), "checkpoint")):
-                try:
-                    with output_lock(path, what):
-                        tried.append((what, "free"))
-                except DataError as err:
-                    tried.append((what, str(err)))
-
-    train(TrainConfig(weights=slim_t7, records=guard_records, output=out, epochs=1, batch_size=4, augment=False,
-                      stats_images=4, strategy="default", precision="float32", freeze_through="none"),
-          progress=progress)
-    assert [w for w, _ in tried] == ["output", "checkpoint"]
-    assert all(f"in use by another run (pid {os.getpid()}" in m for _, m in tried), tried
-    assert os.path.exists(out)
-    assert not [n for n in os.listdir(tmp_path) if n.endswith(".lock")]
-
-
 def test_a_second_preprocess_into_the_same_out_is_refused_and_the_lock_is_held_while_it_runs(guard_root, tmp_path):
     from pipeline.errors import DataError
     from pipeline.files import LOCK_NAME, output_lock
@@ -258,18 +232,42 @@ def _invert(example: dict) -> dict:
     return {**example, "image": 255 - example["image"]}
 
 
-def test_resume_refuses_records_of_other_pixels_with_the_same_names_counts_and_sizes(slim_t7, records, tmp_path):
-    out = tmp_path / "m.keras"
-    args = ("train", "-w", slim_t7, "-i", records, "-o", out, "-b1", 4, "--stats-images", 4, "--no-augment",
-            "--freeze-through", "none", "--precision", "float32", "--strategy", "default")
-    assert main(*args, "-e", 1).returncode == 0
-    sizes = {n: os.path.getsize(os.path.join(records, n)) for n in os.listdir(records)}
+def test_train_holds_its_locks_and_resume_refuses_records_of_other_pixels_with_the_same_sizes(slim_t7, records,
+                                                                                             tmp_path):
+    """One run shows both: train holds its output and checkpoint locks while it runs (11), and
+    records rewritten with other pixels under the same names, counts and sizes are not resumed (10)."""
+    from model.errors import ModelError
+    from model.training import TrainConfig, train
+    from model.training.events import Setup
+    from pipeline.errors import DataError
+    from pipeline.files import output_lock
+
+    out = str(tmp_path / "m.keras")
+    tried = []
+
+    def progress(event):
+        if isinstance(event, Setup):
+            for path, what in ((out, "output"), (str(tmp_path / "m.ckpt"), "checkpoint")):
+                try:
+                    with output_lock(path, what):
+                        tried.append((what, "free"))
+                except DataError as err:
+                    tried.append((what, str(err)))
+
+    config = TrainConfig(weights=slim_t7, records=records, output=out, epochs=1, batch_size=4, augment=False,
+                         stats_images=4, strategy="default", precision="float32", freeze_through="none")
+    train(config, progress=progress)
+    assert [w for w, _ in tried] == ["output", "checkpoint"]
+    assert all(f"in use by another run (pid {os.getpid()}" in m for _, m in tried), tried
+    assert os.path.exists(out) and not [n for n in os.listdir(tmp_path) if n.endswith(".lock")]
+
+    sizes = {n: os.path.getsize(os.path.join(records, n)) for n in os.listdir(records) if n != MANIFEST_NAME}
     for split, body in manifest_of(records)["splits"].items():
         for index in range(len(body["shards"])):
             rewrite_shard(records, split, index, _invert)      # what preprocess of inverted faces writes
-    assert {n: os.path.getsize(os.path.join(records, n)) for n in os.listdir(records) if n != MANIFEST_NAME} == \
-        {n: s for n, s in sizes.items() if n != MANIFEST_NAME}
-    refused(main(*args, "-e", 2), "holds a checkpoint of a different training", "train_records")
+    assert {n: os.path.getsize(os.path.join(records, n)) for n in sizes} == sizes
+    with pytest.raises(ModelError, match="holds a checkpoint of a different training .*train_records"):
+        train(dataclasses.replace(config, epochs=2))
 
 
 def test_one_swapped_shard_is_refused_by_train_and_evaluate_and_named_by_shard_check(slim_t7, small_model,
