@@ -390,6 +390,9 @@ def test_report_folder_problems_are_found_before_evaluating(small_model, guard_r
     (tmp_path / "file").write_text("x")
     refused(main("evaluate", "-m", small_model, "-i", guard_records, "--report-dir", tmp_path / "file"),
             "--report-dir")
+    os.symlink(tmp_path / "r", tmp_path / "link")
+    refused(main("evaluate", "-m", small_model, "-i", guard_records, "--report-dir", tmp_path / "link"),
+            "--report-dir", "symbolic link")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 

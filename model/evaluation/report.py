@@ -52,7 +52,10 @@ def check_report_dir(report_dir: str) -> None:
     report_dir = os.path.normpath(report_dir)
     parent = os.path.dirname(os.path.abspath(report_dir))
     if os.path.lexists(report_dir):
-        if not os.path.isdir(report_dir) or os.path.islink(report_dir):
+        if os.path.islink(report_dir):
+            raise DataError(f"`report_dir` {report_dir} is a symbolic link, and a report replaces its folder "
+                            f"whole; pass the folder it points to", field="report_dir")
+        if not os.path.isdir(report_dir):
             raise DataError(f"`report_dir` {report_dir} is not a folder; pass a folder path for the report",
                             field="report_dir")
         names = set(os.listdir(report_dir))
