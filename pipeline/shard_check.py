@@ -28,8 +28,8 @@ def _broken_rule(message: str) -> str | None:
 
 def _shard_problem(path: str, expected: int | None, image_size: int,
                    sha256: str | None = None) -> tuple[int, str | None]:
-    """(records read, what is wrong or None): the shard's bytes against the manifest's hash, then
-    every record of it read and parsed."""
+    """(records read, what is wrong or None): a symbolic link is refused; else every record of the
+    shard is read and parsed, then its bytes are compared with the manifest's hash."""
     if not files.exists(path) and not os.path.islink(path):
         return 0, "is missing"
     if not files.is_remote(path) and os.path.islink(path):
