@@ -366,10 +366,11 @@ def _evaluate_folds(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from model.evaluation.evaluate import evaluate
-    from model.evaluation.report import default_report_dir, write_report
+    from model.evaluation.report import check_report_dir, default_report_dir, write_report
 
     _check_outputs([(args.report_dir or default_report_dir(args.model), "dir", "--report-dir")],
                    [(args.model, "-m"), (args.input, "-i")])
+    check_report_dir(args.report_dir or default_report_dir(args.model))     # before any evaluation
     if args.folds:
         return _evaluate_folds(args)
     evaluation = evaluate(args.model, args.input, split=args.split or "valid", batch_size=args.batch_size,
@@ -675,7 +676,7 @@ def _import_tensorflow_quietly(verbose: bool = False) -> None:
 _INTERRUPTED = {
     "preprocess": "interrupted; the previous output in OUT (if any) is untouched; rerun the command to start over",
     "train": "interrupted; rerun the same command to resume from the last checkpoint",
-    "evaluate": "interrupted; no report was written; rerun the command",
+    "evaluate": "interrupted; no report was written (an earlier report in its folder is untouched); rerun the command",
 }
 
 

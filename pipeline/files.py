@@ -54,6 +54,19 @@ def size(path: str) -> int:
     return int(gfile(path).stat(path).length)
 
 
+def sha256_of(path: str, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes (hex), read in chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open_read(path) as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                return digest.hexdigest()
+            digest.update(block)
+
+
 def read_text(path: str) -> str:
     with gfile(path).GFile(path, "rb") as f:
         return f.read().decode("utf-8")
@@ -106,3 +119,79 @@ def write_json_atomically(path: str, body: dict) -> None:
 def open_read(path: str):
     """A binary file object for reading (tf.io.gfile.GFile)."""
     return gfile(path).GFile(path, "rb")
+
+
+# ------------------------------------------------------------------ output locks
+LOCK_NAME = ".gender-classifier.lock"
+
+
+def lock_file_of(path: str, folder: bool) -> str:
+    """Where the lock of an output lives: inside a folder output (OUT/.gender-classifier.lock),
+    beside a file output (.model.keras.lock)."""
+    path = os.path.normpath(path)
+    if folder:
+        return os.path.join(path, LOCK_NAME)
+    parent, base = os.path.split(path)
+    return os.path.join(parent, f".{base}.lock")
+
+
+def _holder(lock_path: str) -> str:
+    """Who holds a lock, as its file says: "pid 123 on host h, since 2026-12-06T20:00:00Z"."""
+    try:
+        with open(lock_path, encoding="utf-8") as f:
+            body = json.loads(f.read() or "{}")
+        return f"pid {body['pid']} on host {body['host']}, since {body['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a run that has not written its details yet"
+
+
+@contextmanager
+def output_lock(path: str, what: str, folder: bool = False, field: str | None = None) -> Iterator[None]:
+    """Hold an exclusive advisory lock on an output for the whole block: a second run writing the
+    same output is refused with one line saying who holds it (pid, host and start time are written
+    into the lock file). The kernel drops the lock when its process dies (`flock`), so a killed run
+    never blocks the next one; the lock file is removed when the block ends. Local paths only (a
+    remote output is not locked). what: how messages name the output, e.g. "`output` model.keras"."""
+    if is_remote(path):
+        yield
+        return
+    import fcntl
+    import socket
+    import time
+
+    lock_path = lock_file_of(path, folder)
+    try:
+        os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+        while True:
+            handle = open(lock_path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise DataError(f"{what} is in use by another run ({_holder(lock_path)}; lock file {lock_path}): "
+                                f"wait for it to end, or write somewhere else", field=field) from None
+            # The holder before us may have removed the file between our open and our lock: then
+            # we hold a lock on a file nobody else sees; take the one on the path instead.
+            try:
+                same = os.path.samestat(os.fstat(handle.fileno()), os.stat(lock_path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            handle.close()
+    except OSError as err:
+        raise DataError(f"cannot write into {what} (its lock file {lock_path}: {err.strerror or err}); nothing "
+                        f"was written: fix the folder's permissions or write somewhere else", field=field) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+        handle.flush()
+        yield
+    finally:
+        try:
+            os.remove(lock_path)      # while still held: nobody can have taken it meanwhile
+        except OSError:
+            pass
+        handle.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -26,6 +27,10 @@ class SplitInfo:
     by_age: dict[str, int]       # folder age as a string -> count
     # Records in each shard, in `shards` order (manifests of older preprocess runs lack it: None).
     shard_counts: list[int] | None = None
+    # SHA-256 of each shard file's bytes, in `shards` order: computed by the worker as it writes the
+    # shard, checked before the shards are read (pipeline/shard_check.py) and part of the digest a
+    # training checkpoint is resumed by. None only before write_manifest fills it in.
+    shard_sha256: list[str] | None = None
 
 
 @dataclass
@@ -55,7 +60,8 @@ class Manifest:
             "rejected": self.rejected,
             "splits": {
                 name: {"shards": s.shards, "count": s.count, "by_label": s.by_label, "by_age": s.by_age,
-                       **({"shard_counts": s.shard_counts} if s.shard_counts is not None else {})}
+                       **({"shard_counts": s.shard_counts} if s.shard_counts is not None else {}),
+                       **({"shard_sha256": s.shard_sha256} if s.shard_sha256 is not None else {})}
                 for name, s in self.splits.items()
             },
             **self.extra,
@@ -67,7 +73,11 @@ join = files.join
 
 
 def write_manifest(records_dir: str, manifest: Manifest) -> None:
-    """Write OUT/manifest.json (the Beam job writes its own through Beam; this one serves tests and tools)."""
+    """Write OUT/manifest.json (the Beam job writes its own through Beam; this one serves tests and
+    tools). Shard hashes the manifest lacks are computed from the shard files, which must exist."""
+    for info in manifest.splits.values():
+        if info.shard_sha256 is None:
+            info.shard_sha256 = [files.sha256_of(join(records_dir, name)) for name in info.shards]
     files.write_text(join(records_dir, MANIFEST_NAME), manifest.to_json())
 
 
@@ -98,7 +108,15 @@ def _split_info(path: str, split: str, body: dict) -> SplitInfo:
                 or any(not isinstance(n, int) or n < 0 for n in counts) or sum(counts) != count):
             raise DataError(f"{path}: split {split}'s shard_counts {counts!r} do not add up to its count {count} "
                             f"over {len(shards)} shards; the manifest is damaged: {rerun}")
-    return SplitInfo(list(shards), count, body["by_label"], body["by_age"], counts)
+    hashes = body.get("shard_sha256")
+    if (not isinstance(hashes, list) or len(hashes) != len(shards)
+            or any(not isinstance(h, str) or not _SHA256.fullmatch(h) for h in hashes)):
+        raise DataError(f"{path}: split {split} has no sha256 for each of its {len(shards)} shards "
+                        f"(`shard_sha256`); the manifest is damaged: {rerun}")
+    return SplitInfo(list(shards), count, body["by_label"], body["by_age"], counts, list(hashes))
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _check_no_shared_shards(path: str, splits: dict[str, SplitInfo]) -> None:
@@ -163,17 +181,67 @@ _KNOWN_KEYS = {"schema_version", "image_size", "channels", "channel_order", "dty
 
 
 def manifest_digest(records_dir: str, splits: Sequence[str]) -> str:
-    """SHA-256 over the given splits' shard names, record counts and file sizes: equal digests mean
-    the same records (to the extent a rewrite changes a name, a count or a size). For a training
-    checkpoint's fingerprint, so that resuming on other data is refused."""
+    """SHA-256 over the given splits' shard names, record counts and content hashes (and, for the
+    folds layout, the fold files' hashes): equal digests mean the same records, byte for byte, as
+    far as the manifest says; pipeline.shard_check.check_shard_hashes proves the files are those.
+    For a training checkpoint's fingerprint, so that resuming on other data is refused. The shard
+    files are checked against their hashes first (DataError naming a shard that differs)."""
     manifest = load_manifest(records_dir)
     entries = []
     for split in splits:
         if split not in manifest.splits:
             raise DataError(f"{records_dir} has no split {split!r}; available splits: "
                             f"{', '.join(sorted(manifest.splits))}")
+    check_shard_hashes(records_dir, manifest, splits)
+    for split in splits:
         info = manifest.splits[split]
-        sizes = [files.size(join(records_dir, name)) if files.exists(join(records_dir, name)) else None
-                 for name in info.shards]
-        entries.append([split, info.count, info.shards, info.shard_counts, sizes, manifest.image_size])
+        entries.append([split, info.count, info.shards, info.shard_counts, info.shard_sha256, manifest.image_size])
+    entries.append(manifest.extra.get(FOLD_FILES_SHA256))
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+# The manifest key of the fold files' hashes (adience-folds layout): name -> sha256.
+FOLD_FILES_SHA256 = "fold_files_sha256"
+
+
+# (path, size, mtime, inode) -> sha256 of the files hashed by this process: a run that checks the
+# same shards again (train --folds, once per fold) reads them once.
+_HASHED: dict[tuple, str] = {}
+
+
+def _content_hash(path: str) -> str:
+    import os
+
+    if files.is_remote(path):
+        return files.sha256_of(path)
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _HASHED:
+        _HASHED[key] = files.sha256_of(path)
+    return _HASHED[key]
+
+
+def shard_hash_problem(path: str, expected: str | None) -> str | None:
+    """What is wrong with one shard file as the manifest knows it, or None: a symbolic link (it
+    could lead out of the records folder), or bytes whose sha256 is not the manifest's."""
+    import os
+
+    if not files.is_remote(path) and os.path.islink(path):
+        return "is a symbolic link; shards must be files inside the records folder"
+    if expected is not None and files.exists(path) and _content_hash(path) != expected:
+        return ("does not hold the bytes preprocess wrote (its sha256 differs from the manifest's: the "
+                "file was swapped or changed)")
+    return None
+
+
+def check_shard_hashes(records_dir: str, manifest: Manifest, splits: Sequence[str]) -> None:
+    """DataError naming the first shard of the splits that is a symbolic link or whose bytes are not
+    the ones the manifest's sha256 says (the whole file is read: once per run, before training or
+    scoring, so that records swapped behind the same names, counts and sizes are caught)."""
+    for split in splits:
+        info = manifest.splits[split]
+        for name, expected in zip(info.shards, info.shard_sha256 or [None] * len(info.shards)):
+            problem = shard_hash_problem(join(records_dir, name), expected)
+            if problem:
+                raise DataError(f"shard {join(records_dir, name)} {problem}; rerun `python cli.py preprocess -i "
+                                f"{manifest.source_root} -o {records_dir} --overwrite`")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from typing import NamedTuple, Sequence
 
@@ -32,7 +33,7 @@ import tensorflow as tf
 from pipeline import files
 from pipeline.errors import DataError
 from pipeline.manifest import Manifest, join, load_manifest
-from pipeline.schema import CHANNELS, MEMORY_MODES
+from pipeline.schema import CHANNELS, LABEL_NAMES, LABEL_RULE, MEMORY_MODES
 
 # Low mode: a bounded shuffle buffer (of serialized records, about 150 KB each at 224x224, so
 # about 150 MB at most) plus a shuffled file order gives a good mix with bounded memory.
@@ -64,6 +65,10 @@ def parse_record(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]
             message=f"a record's {key} differs from the manifest's image size; rerun preprocess --overwrite")
         for key, expected in (("height", image_size), ("width", image_size), ("channels", CHANNELS))
     ]
+    # A label outside {0, 1} would train (a sigmoid target of 7) and be scored as if it were a class.
+    checks.append(tf.debugging.assert_equal(
+        tf.logical_and(f["label"] >= 0, f["label"] < len(LABEL_NAMES)), True,
+        message=LABEL_RULE))
     with tf.control_dependencies(checks):
         flat = tf.io.decode_raw(f["image"], tf.uint8)
     shape = tf.concat([tf.shape(serialized), [image_size, image_size, CHANNELS]], axis=0)
@@ -114,6 +119,9 @@ def _shard_paths(records_dir: str, manifest: Manifest, splits: list[str]) -> Sha
         info = manifest.splits[name]
         for shard in info.shards:
             path = join(records_dir, shard)
+            if not files.is_remote(path) and os.path.islink(path):
+                raise DataError(f"shard {path} listed in the manifest is a symbolic link; shards must be files inside "
+                                f"the records folder: {rerun_hint(records_dir, manifest)}")
             if not files.exists(path):
                 raise DataError(f"shard {path} listed in the manifest is missing; the records directory is "
                                 f"incomplete: {rerun_hint(records_dir, manifest)}")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 # Bump when the record layout or the manifest changes: readers refuse other versions.
-SCHEMA_VERSION = 1
+# Version 2: the manifest holds each shard's sha256 (`shard_sha256`) and, for the folds layout,
+# each fold file's (`fold_files_sha256`); version 1 manifests are refused (rerun preprocess).
+SCHEMA_VERSION = 2
 # The size VGG-Face's fully connected layers were trained for (pool5 is then 7×7): every command's default.
 DEFAULT_IMAGE_SIZE = 224
 CHANNELS = 3
@@ -11,6 +13,17 @@ CHANNEL_ORDER = "BGR"
 # Label meanings: the original's convention, 0 = female, 1 = male (male is the positive class).
 LABEL_NAMES = ("female", "male")
 GENDER_CODES = {"F": 0, "M": 1}
+# The one rule for a record's label, checked wherever labels are read (pipeline/reader.py's
+# parse_record for training, validation and evaluation alike; evaluate's metrics on numpy labels).
+LABEL_RULE = "a record's label must be 0 (female) or 1 (male)"
+
+
+def label_problem(labels) -> str | None:
+    """What is wrong with some labels (numpy or Python ints), or None when each is 0 or 1."""
+    import numpy as np
+
+    bad = sorted({int(v) for v in np.unique(np.asarray(labels).astype(np.int64))} - set(range(len(LABEL_NAMES))))
+    return f"{LABEL_RULE}, got {bad}" if bad else None
 
 # Split name -> folder of the agegender_cleaned variant.
 SPLIT_DIRS = {"train": "aligned", "valid": "valid"}

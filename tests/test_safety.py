@@ -335,9 +335,9 @@ def test_reader_refuses_a_short_shard_whatever_consumes_it(records, case):
     finally:
         clear_memory_cache()
     problem = str(records_error(caught.value, records, "train"))
-    # Per-shard counts name the shard; a legacy manifest only knows the split's total.
-    assert (f"{records}: split train holds" if case == "legacy_manifest" else shard) in problem
-    assert "the manifest says" in problem and "--overwrite" in problem
+    # Per-shard counts name the shard and its count; without them the shard's sha256 still names it.
+    assert shard in problem and "--overwrite" in problem
+    assert ("sha256 differs from the manifest's" if case == "legacy_manifest" else "the manifest says") in problem
 
 
 def test_reader_reads_intact_records_in_every_mode(tiny_records):
@@ -364,7 +364,11 @@ def test_manifest_digest_tells_other_records_apart(tiny_records, records):
     shard = os.path.join(records, manifest_of(records)["splits"]["train"]["shards"][0])
     with open(shard, "ab") as f:
         f.write(b"\0")
-    assert manifest_digest(records, ["train"]) != same
+    from pipeline.errors import DataError
+
+    # The digest is the manifest's hashes; a shard whose bytes are not those is refused outright.
+    with pytest.raises(DataError, match="sha256 differs from the manifest's"):
+        manifest_digest(records, ["train"])
 
 
 # ----------------------------------------------------------------------------- 4. bounded t7 reads

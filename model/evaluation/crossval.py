@@ -18,7 +18,7 @@ from pipeline.files import write_json_atomically
 from pipeline.folds import N_FOLDS, fold_split
 from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN_GROUP, LABEL_NAMES, LAYOUT_FOLDS
 
-CV_REPORT_NAME = "cv_report.json"
+from model.evaluation.report import CV_REPORT_NAME  # noqa: E402  (one name, shared with the report folder check)
 
 
 # ------------------------------------------------------------------ statistics
@@ -60,11 +60,10 @@ def evaluate_folds(model_path: str, records_dir: str, report_dir: str, batch_siz
     augmentation `tta`, model/tta.py), for each K;
     a full report per fold in REPORT_DIR/fold<K>/ and the aggregate REPORT_DIR/cv_report.json
     with its plots. Returns the cv_report body."""
-    from model.evaluation.evaluate import evaluate
-    from model.evaluation.report import REPORT_NAME, write_report
+    from model.evaluation.report import check_report_dir, new_report_dir
     from pipeline.manifest import load_manifest
-    from pipeline.reader import clear_memory_cache
 
+    check_report_dir(report_dir)
     manifest = load_manifest(records_dir)
     if manifest.layout != LAYOUT_FOLDS:
         raise DataError(f"`folds` needs records of the official Adience folds (`preprocess --layout adience-folds`), "
@@ -75,6 +74,17 @@ def evaluate_folds(model_path: str, records_dir: str, report_dir: str, batch_siz
         raise ModelError(f"{', '.join(os.path.basename(m) for m in missing)} not found beside {model_path}: "
                          f"`model_path` takes the path given to `train --folds -o` (it finds <stem>_fold0.keras … "
                          f"<stem>_fold{N_FOLDS - 1}.keras); run that first")
+    with new_report_dir(report_dir) as folder:      # every file of the report, swapped in whole at the end
+        return _evaluate_and_write(models, model_path, records_dir, folder, batch_size, memory, strategy, progress,
+                                   tta)
+
+
+def _evaluate_and_write(models: list[str], model_path: str, records_dir: str, report_dir: str, batch_size: int,
+                        memory: str, strategy: str, progress: Progress | None, tta: str) -> dict:
+    from model.evaluation.evaluate import evaluate
+    from model.evaluation.report import REPORT_NAME, write_report
+    from pipeline.reader import clear_memory_cache
+
     folds = []
     fold_metrics = []
     for k, path in enumerate(models):

@@ -24,7 +24,8 @@ from model.evaluation.calibration import calibration_metrics
 from model.progress import Advanced, Ended, Progress, Started
 from model.tta import DEFAULT_TTA, averaged, check_tta
 from pipeline.errors import DataError
-from pipeline.schema import AGE_GROUP_NAMES, AGE_UNKNOWN, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of
+from pipeline.schema import (AGE_GROUP_NAMES, AGE_UNKNOWN, AGE_UNKNOWN_GROUP, LABEL_NAMES, SPLIT_DIRS, age_group_of,
+                             label_problem)
 
 # The age-group rule, stated in the report in the words of the one function that applies it
 # (its constant's name replaced by what it means to a reader of the report).
@@ -122,8 +123,9 @@ def split_metrics(labels: np.ndarray, scores: np.ndarray, ages: np.ndarray,
     n = len(labels)
     if n == 0:
         raise DataError("no examples to evaluate")
-    if set(np.unique(labels)) - {0, 1}:
-        raise DataError(f"labels must be 0 (female) or 1 (male), got {sorted(set(np.unique(labels)))}")
+    problem = label_problem(labels)
+    if problem:
+        raise DataError(problem)
     predicted = predicted_labels(scores, threshold)
 
     out: dict = {"n": n, "accuracy": _accuracy(labels, predicted),
@@ -404,7 +406,12 @@ def evaluate(model_path: str, records_dir: str, split: str = "valid", batch_size
     splits = resolve_splits(records_dir, split)
     steps.check_request(splits, threshold, calibrate_on, store_calibration, store_threshold)
     if calibrate_on is not None:
-        resolve_splits(records_dir, calibrate_on)
+        splits_read = splits + [name for name in resolve_splits(records_dir, calibrate_on) if name not in splits]
+    else:
+        splits_read = splits
+    from pipeline.shard_check import verify_shards
+
+    verify_shards(records_dir, splits_read)      # records swapped behind the manifest's back: refused first
     chosen = select_strategy(strategy)
     with chosen.scope():
         model = load_classifier(model_path)

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 from model.contract import DECISION_THRESHOLD, POSITIVE_CLASS, decision_rule, label_name
 from model.evaluation.evaluate import AGE_GROUP_RULE, Evaluation, SplitPredictions
 from model.evaluation.model_card import write_model_card
 from model.evaluation.plots import write_plots
 from model.tta import TTA_DESCRIPTIONS
-from pipeline.files import write_json_atomically
+from pipeline.errors import DataError
+from pipeline.files import replacing, write_json_atomically
 from pipeline.schema import AGE_GROUP_NAMES, LABEL_NAMES
 
 REPORT_NAME = "report.json"
+CV_REPORT_NAME = "cv_report.json"     # evaluate --folds (model/evaluation/crossval.py)
 PREDICTIONS_NAME = "predictions.csv"
 PREDICTION_COLUMNS = ("split", "path", "age", "age_group", "label", "score", "predicted")
 
@@ -63,8 +66,53 @@ def temperature_entry(decision: dict) -> dict:
     return {"value": loaded, "source": "model" if loaded != 1.0 else "none: the trained scores"}
 
 
+def check_report_dir(report_dir: str) -> None:
+    """Before any evaluation: the report folder can be replaced whole (it is written as a new folder
+    beside it and swapped in at the end). DataError when it is a file, when it holds files that are
+    not a report's (the swap would remove them), or when its parent cannot take the new folder."""
+    report_dir = os.path.normpath(report_dir)
+    parent = os.path.dirname(os.path.abspath(report_dir))
+    if os.path.lexists(report_dir):
+        if os.path.islink(report_dir):
+            raise DataError(f"`report_dir` {report_dir} is a symbolic link, and a report replaces its folder "
+                            f"whole; pass the folder it points to", field="report_dir")
+        if not os.path.isdir(report_dir):
+            raise DataError(f"`report_dir` {report_dir} is not a folder; pass a folder path for the report",
+                            field="report_dir")
+        names = set(os.listdir(report_dir))
+        if names and not names & {REPORT_NAME, CV_REPORT_NAME}:
+            raise DataError(f"`report_dir` {report_dir} holds files but no {REPORT_NAME}: it is not an earlier "
+                            f"report, and a report replaces its folder whole; pass a new or empty folder",
+                            field="report_dir")
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write the report beside {report_dir}: no permission to write in {parent}; "
+                        f"pass another `report_dir`", field="report_dir")
+
+
+@contextmanager
+def new_report_dir(report_dir: str) -> Iterator[str]:
+    """A new, empty folder beside report_dir for every file of a report; when the block ends without
+    an exception it replaces report_dir whole (pipeline.files.replacing), otherwise it is removed
+    and report_dir is untouched. A killed or interrupted run never leaves a report folder whose files
+    come from two runs. Every writer of a report file takes the folder this yields."""
+    check_report_dir(report_dir)
+    with replacing(report_dir) as folder:
+        os.makedirs(folder)
+        yield folder
+
+
 def write_report(evaluation: Evaluation, report_dir: str) -> dict:
-    """Write report.json, predictions.csv and the plots into report_dir; return the report body."""
+    """Write report.json, predictions.csv, the plots and the model card as a new report_dir, swapped
+    in whole at the end (new_report_dir); return the report body."""
+    with new_report_dir(report_dir) as folder:
+        return write_report_files(evaluation, folder)
+
+
+def write_report_files(evaluation: Evaluation, report_dir: str) -> dict:
+    """Write report.json, predictions.csv and the plots into report_dir (new_report_dir's temporary
+    folder: write_report swaps it in); return the report body."""
     os.makedirs(report_dir, exist_ok=True)
     report = build_report(evaluation)
     plots = {}

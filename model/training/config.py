@@ -7,10 +7,12 @@ setting that changes the training is refused on resume by marking it, not by edi
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from model.defaults import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_CUT_LAYER, DEFAULT_DENSE_UNITS, DEFAULT_DROPOUT,
                             DEFAULT_FREEZE_THROUGH, DEFAULT_HEAD, DEFAULT_HEAD_INIT, DEFAULT_LEARNING_RATE,
@@ -20,8 +22,14 @@ from model.errors import ModelError
 from model.network.vggface import VGGWidths
 from pipeline.augment import AugmentParams
 from pipeline.folds import N_FOLDS
+from pipeline.files import output_lock
 from pipeline.outputs import DIR, FILE, check_outputs
 from pipeline.schema import MEMORY_MODES
+
+
+# The largest seed: the head's initializers take seed and seed + 1, and TensorFlow's and Keras'
+# random ops want them within a 32-bit int.
+MAX_SEED = 2 ** 31 - 2
 
 
 def _resume(default, **kwargs):
@@ -143,6 +151,19 @@ def output_paths(config: TrainConfig) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def locked_outputs(config: TrainConfig) -> Iterator[None]:
+    """Hold the locks of a run's outputs (pipeline.files.output_lock) for the block: the model and
+    the checkpoint directory, so that a second run writing either is refused in one line instead
+    of interleaving its checkpoints with this one's. Only where outputs are written (the chief)."""
+    paths = output_paths(config)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(output_lock(paths["output"], f"`output` {paths['output']}", field="output"))
+        stack.enter_context(output_lock(paths["checkpoint_dir"], f"`checkpoint_dir` {paths['checkpoint_dir']}",
+                                        field="checkpoint_dir"))
+        yield
+
+
 def check_config(config: TrainConfig) -> None:
     """ModelError (one line) for a setting no run can use; checked before anything is built."""
     if not config.output.endswith(".keras"):
@@ -178,6 +199,8 @@ def check_config(config: TrainConfig) -> None:
          f"must be 2 or more for `head_init` probe (two units carry the probe's logit), got "
          f"{config.dense_units}; raise it or pass `head_init` random"),
         ("stats_images", config.stats_images >= 1, f"must be at least 1, got {config.stats_images}"),
+        ("seed", isinstance(config.seed, int) and not isinstance(config.seed, bool) and 0 <= config.seed <= MAX_SEED,
+         f"must be a whole number in [0, {MAX_SEED}], got {config.seed!r}"),
         ("val_fold", config.val_fold is None or 0 <= config.val_fold < N_FOLDS,
          f"must be one of 0 … {N_FOLDS - 1} (the {N_FOLDS} Adience folds), got {config.val_fold}"),
     ]

@@ -9,6 +9,7 @@ the end of the data or after about AUTO_CALL_SECONDS of steps — validation, th
 # in order; splitting it would pass that state between modules. The pieces it orders live elsewhere.
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -25,14 +26,15 @@ from model.runtime import (TaskInfo, accelerators, precision, resolve_augment_on
                               select_strategy, task_info)
 from model.errors import ModelError
 from model.training import events
-from model.training.config import TrainConfig, check_config, fingerprint, machine_of, output_paths
+from model.training.config import (TrainConfig, check_config, fingerprint, locked_outputs, machine_of,
+                                   output_paths)
 from model.training.datasets import run_data, train_dataset, training_splits, valid_dataset
 from model.training.exports import replica_digests, weights_digest, write_outputs
 from model.training.state import RunState
 from model.training.start import apply_linear_start, effective_head_init, start_row, uses_linear_start
 from model.training.steps import make_steps
 from pipeline.reader import describe_dataset
-from pipeline.shard_check import records_error
+from pipeline.shard_check import records_error, verify_shards
 
 # With several workers "auto" is this fixed number: every worker then makes the same calls.
 MULTIWORKER_STEPS_PER_CALL = 50
@@ -83,8 +85,10 @@ def train(config: TrainConfig, progress: events.Progress | None = None,
     # collective ops at start-up.
     strategy = strategy if strategy is not None else select_strategy(config.strategy)
     policy = select_precision(config.precision)
+    # Only the chief writes the outputs, so only it locks them; for the whole run.
+    lock = locked_outputs(config) if task_info(strategy).is_chief else contextlib.nullcontext()
     # Before the model is built: layers take the global policy when they are created.
-    with precision(policy):
+    with lock, precision(policy):
         return _Run(config, strategy, policy, progress or (lambda event: None)).run()
 
 
@@ -120,6 +124,9 @@ class _Run:
         self.train_splits, self.valid_splits = training_splits(config.records, config.val_fold)
         self.train_info = describe_dataset(config.records, self.train_splits)
         self.valid_info = describe_dataset(config.records, self.valid_splits)
+        # The shards' bytes against the manifest's hashes, before anything reads them: swapped
+        # records are refused, not used (the fingerprint's digest, run_data, finds them hashed).
+        verify_shards(config.records, self.train_splits + self.valid_splits)
         if self.train_info["count"] < self.global_batch:
             raise ModelError(f"the training split ({'+'.join(self.train_splits)}) of {config.records} has "
                              f"{self.train_info['count']} examples, fewer than one global batch ({config.batch_size} "

@@ -184,12 +184,14 @@ class TempFolder:
             self._lock = None
 
 
-def _local_is_stale(folder: str) -> bool:
+def _local_is_stale(folder: str, out_locked: bool = False) -> bool:
     import fcntl
 
     lock_path = os.path.join(folder, LOCK_NAME)
     if not os.path.exists(lock_path):
-        return time.time() - os.path.getmtime(folder) > UNLOCKED_GRACE_SECONDS
+        # Under OUT's lock no other run can be between creating its temp folder and locking it:
+        # a temp folder without a lock is a dead run's (or its orphaned workers'), never skipped.
+        return out_locked or time.time() - os.path.getmtime(folder) > UNLOCKED_GRACE_SECONDS
     with open(lock_path, "a") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -217,9 +219,10 @@ def _tree_bytes_and_age(folder: str) -> tuple[int, float]:
     return total, time.time() - newest
 
 
-def remove_stale_temp_folders(out: str) -> tuple[list[str], int, list[str]]:
+def remove_stale_temp_folders(out: str, out_locked: bool = False) -> tuple[list[str], int, list[str]]:
     """Remove the temp folders that killed runs left in OUT: (removed names, bytes freed, names
-    of temp folders still in use by a running preprocess, left alone)."""
+    of temp folders still in use by a running preprocess, left alone). out_locked: the caller holds
+    OUT's lock (pipeline.files.output_lock), so an unlocked temp folder is stale at once."""
     removed, freed, busy = [], 0, []
     for name in list_names(out):
         if not name.startswith(TMP_PREFIX):
@@ -228,7 +231,7 @@ def remove_stale_temp_folders(out: str) -> tuple[list[str], int, list[str]]:
         if not is_remote(folder) and not os.path.isdir(folder):
             continue
         size, age = _tree_bytes_and_age(folder)
-        stale = age > STALE_REMOTE_SECONDS if is_remote(folder) else _local_is_stale(folder)
+        stale = age > STALE_REMOTE_SECONDS if is_remote(folder) else _local_is_stale(folder, out_locked)
         if not stale:
             busy.append(name)
             continue

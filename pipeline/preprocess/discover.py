@@ -8,6 +8,7 @@ every entry found is accounted for: a dangling symbolic link, a FIFO, a device o
 cannot be read is a reject with its reason, never silently dropped."""
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ class Discovery:
     # inputs (not in `found`), but reported so that nothing is silently ignored.
     unlisted: list[str] = field(default_factory=list)
     users_per_split: dict[str, int] = field(default_factory=dict)   # folds layout: distinct user_ids
+    source_sha256: dict[str, str] = field(default_factory=dict)     # folds layout: fold file -> sha256
 
     @property
     def found(self) -> int:
@@ -176,9 +178,11 @@ def discover_folds(root: str) -> Discovery:
             raise DataError(f"input folder {root} does not exist; expected {FOLDS_HINT}")
         raise DataError(f"{root} lacks {', '.join(missing)}: the 5-fold protocol needs all five fold files; "
                         f"expected {FOLDS_HINT}")
-    rows, rejects = [], []
+    rows, rejects, hashes = [], [], {}
     for k in range(N_FOLDS):
-        fold_rows, fold_rejects = parse_fold_file(k, _read_text(FileSystems.join(root, FOLD_FILE.format(k=k))))
+        text = _read_text(FileSystems.join(root, FOLD_FILE.format(k=k)))
+        hashes[FOLD_FILE.format(k=k)] = hashlib.sha256(text.encode("utf-8")).hexdigest()   # strict UTF-8: the bytes
+        fold_rows, fold_rejects = parse_fold_file(k, text)
         rows.extend(fold_rows)
         rejects.extend(fold_rejects)
     if not rows and not rejects:
@@ -218,4 +222,5 @@ def discover_folds(root: str) -> Discovery:
         users.setdefault(fold_split(k), set()).add(user)
     return Discovery(root=root, candidates=candidates, skipped=rejects, skipped_folders=[],
                      splits=sorted({c.split for c in candidates}), layout=LAYOUT_FOLDS, unlisted=unlisted,
-                     users_per_split={fold_split(k): len(users.get(fold_split(k), ())) for k in range(N_FOLDS)})
+                     users_per_split={fold_split(k): len(users.get(fold_split(k), ())) for k in range(N_FOLDS)},
+                     source_sha256=hashes)

@@ -3,6 +3,7 @@ the workers' heartbeat files (runners such as Dask answer no metrics queries), a
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -96,6 +97,10 @@ class Job:
             self._report_until_done(thread)
         except BaseException:
             _cancel(outcome.get("result"))
+            # Ctrl-C to the launcher alone (not the terminal's whole group) leaves the local workers
+            # running: they would log their launcher's closed connections and could re-create the
+            # temp folder the launcher removes next. They are ended first, quietly.
+            stop_local_workers()
             raise
         if "error" in outcome:
             raise _runner_failure(outcome["error"], self.tmp.rsplit("/", 1)[0])
@@ -117,6 +122,50 @@ class Job:
                 # A shard retried elsewhere (a lost worker) starts again from 0: never report less.
                 reported = max(reported, min(self.total, sum(int(b.get("done", 0)) for b in beats.values())))
                 self.progress(Advanced(reported, self.total, reported / max(time.monotonic() - self.start, 1e-9)))
+
+
+WORKER_STOP_SECONDS = 3.0
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux /proc; [] elsewhere)."""
+    found = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+                found += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def stop_local_workers() -> list[int]:
+    """End this launcher's local worker processes (the DirectRunner's multi_processing workers, its
+    only child processes) with SIGINT, which ends them silently (pipeline.preprocess.worker: SIGINT
+    is their default action, or pending until they unblock it), then SIGKILL any still running
+    after WORKER_STOP_SECONDS; returns their pids."""
+    from pipeline.preprocess.worker import process_alive
+
+    workers = _children(os.getpid())
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGINT)
+        except OSError:
+            pass
+    deadline = time.monotonic() + WORKER_STOP_SECONDS
+    while time.monotonic() < deadline and any(process_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    for pid in workers:
+        if process_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    return workers
 
 
 def _run_in_thread(pipeline: beam.Pipeline, outcome: dict) -> None:

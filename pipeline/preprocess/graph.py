@@ -13,6 +13,7 @@ shard's paths, see pipeline/preprocess/job.py):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -99,7 +100,8 @@ class WriteShard(beam.DoFn):
         last_beat = time.monotonic()
         # A retried bundle simply rewrites the same file: the output does not depend on retries.
         with FileSystems.create(FileSystems.join(self.tmp, name),
-                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                                compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+            f = _Hashing(raw)
             for done, (relpath, label, age) in enumerate(items, 1):
                 try:
                     data = read_file(FileSystems.join(self.root, relpath))
@@ -125,7 +127,19 @@ class WriteShard(beam.DoFn):
                     self._write_json(PROGRESS_DIR, heartbeat_name(split, shard), {"done": done, "worker": worker_id()})
                     last_beat = now
         return {"written": sum(by_label.values()), "by_label": dict(by_label), "by_age": dict(by_age),
-                "rejects": rejects}
+                "rejects": rejects, "sha256": f.digest.hexdigest()}
+
+
+class _Hashing:
+    """A file being written, whose bytes are hashed on the way (the shard's sha256 for the manifest,
+    without reading the shard back)."""
+
+    def __init__(self, f):
+        self.f, self.digest = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.f.write(data)
 
 
 def _explode(plan):

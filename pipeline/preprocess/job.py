@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.errors import DataError
+from pipeline.files import is_remote, output_lock
 from pipeline.folds import FOLD_SPLITS
 from pipeline.manifest import Manifest
 from pipeline.preprocess.beam_files import (TempFolder, check_free_space, output_error,
@@ -135,6 +136,15 @@ def _check_arguments(image_size: int, shards: dict[str, int | None]) -> None:
             raise DataError(f"`{name}` must be at least 1, got {value}", field=name)
 
 
+def _existing_outputs(out: str, overwrite: bool) -> list[str]:
+    """The files of an earlier run in OUT; DataError when there are some and `overwrite` is off."""
+    old = existing_outputs(out)
+    if old and not overwrite:
+        raise DataError(f"{out} already holds records ({len(old)} files: manifest, shards or rejects); "
+                        f"pass `overwrite` to replace them", field="overwrite")
+    return old
+
+
 # Over 60 lines on purpose: the launcher's steps in the order they must happen (check, discover,
 # lock out stale runs, plan, run, reconcile, commit); each is a function of its own.
 def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, train_shards: int | None = None,
@@ -159,11 +169,7 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
     root = discovery.root
     if FileSystems.exists(out) and "://" not in out and not os.path.isdir(out):
         raise DataError(f"`out` {out} is a file; a folder is needed", field="out")
-    stale, stale_bytes, busy = remove_stale_temp_folders(out)
-    old = existing_outputs(out)
-    if old and not overwrite:
-        raise DataError(f"{out} already holds records ({len(old)} files: manifest, shards or rejects); "
-                        f"pass `overwrite` to replace them", field="overwrite")
+    old = _existing_outputs(out, overwrite)
     requested = {"train": train_shards, "valid": valid_shards, **{split: fold_shards for split in FOLD_SPLITS}}
     shard_counts = _shard_counts(discovery, image_size, requested)
     plan = _plan(discovery, shard_counts)
@@ -171,25 +177,30 @@ def run_preprocess(root: str, out: str, image_size: int = DEFAULT_IMAGE_SIZE, tr
     check_free_space(out, total * (image_size * image_size * CHANNELS + RECORD_OVERHEAD_BYTES),
                      f"the {total} records")
 
-    temp = TempFolder(out)
-    try:
+    # One run at a time into OUT, for the whole run (two would mix their shards): the lock is held
+    # from before the stale temp folders are removed until the new output is in place.
+    with output_lock(out, f"`out` {out}", folder=True, field="out"):
+        stale, stale_bytes, busy = remove_stale_temp_folders(out, out_locked=not is_remote(out))
+        old = _existing_outputs(out, overwrite)     # again under the lock: a run that just ended may have written
+        temp = TempFolder(out)
         try:
-            temp.lock()
-        except OSError as err:
-            raise output_error(out, err) from None
-        plan_summary = {"root": root, "layout": discovery.layout, "files": total, "shards": shard_counts}
-        write_launcher_file(out, FileSystems.join(temp.path, PLAN_NAME),
-                            json.dumps(plan_summary, sort_keys=True).encode("utf-8"))
-        job = Job(plan, root, temp.path, image_size, total, start, progress)
-        runner, counters = job.run(choice)
-        summaries = read_json_files(FileSystems.join(temp.path, SUMMARY_DIR))
-        failed = sorted(body["error"] for body in summaries.values() if body.get("error"))
-        if failed:
-            raise DataError(f"{failed[0]} in {out}; nothing was replaced (free space or fix the folder, then rerun)")
-        manifest, rejects = _reconcile(discovery, plan, shard_counts, summaries, image_size)
-        replaced = commit(out, temp.path, old, manifest, rejects)
-    finally:
-        temp.close()
+            try:
+                temp.lock()
+            except OSError as err:
+                raise output_error(out, err) from None
+            plan_summary = {"root": root, "layout": discovery.layout, "files": total, "shards": shard_counts}
+            write_launcher_file(out, FileSystems.join(temp.path, PLAN_NAME),
+                                json.dumps(plan_summary, sort_keys=True).encode("utf-8"))
+            job = Job(plan, root, temp.path, image_size, total, start, progress)
+            runner, counters = job.run(choice)
+            summaries = read_json_files(FileSystems.join(temp.path, SUMMARY_DIR))
+            failed = sorted(body["error"] for body in summaries.values() if body.get("error"))
+            if failed:
+                raise DataError(f"{failed[0]} in {out}; nothing was replaced (free space or fix the folder, then rerun)")
+            manifest, rejects = _reconcile(discovery, plan, shard_counts, summaries, image_size)
+            replaced = commit(out, temp.path, old, manifest, rejects)
+        finally:
+            temp.close()
     seconds = time.monotonic() - start
     written = manifest.found - manifest.rejected
     if progress is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from pipeline.errors import DataError
-from pipeline.manifest import Manifest, SplitInfo
+from pipeline.manifest import FOLD_FILES_SHA256, Manifest, SplitInfo
 from pipeline.preprocess.discover import Discovery
 from pipeline.preprocess.graph import heartbeat_name
 from pipeline.schema import LABEL_NAMES, LAYOUT_FOLDS
@@ -29,7 +29,7 @@ def files_per_worker(summaries: dict[str, dict]) -> dict[str, int]:
 def _split_info(split: str, count: int, summaries: dict, rejects: list) -> SplitInfo:
     by_label = {name: 0 for name in LABEL_NAMES}
     by_age: Counter = Counter()
-    shards, shard_records = [], []
+    shards, shard_records, hashes = [], [], []
     for shard in range(count):
         body = summaries.get(heartbeat_name(split, shard))
         if body is None:
@@ -37,12 +37,14 @@ def _split_info(split: str, count: int, summaries: dict, rejects: list) -> Split
                             f"nothing was replaced, rerun the command")
         shards.append(body["file"])
         shard_records.append(int(body["written"]))
+        hashes.append(body["sha256"])
         for name, n in body["by_label"].items():
             by_label[name] += n
         by_age.update(body["by_age"])
         rejects.extend((path, reason) for path, reason in body["rejects"])
     return SplitInfo(shards=shards, count=sum(by_label.values()), by_label=by_label,
-                     by_age={a: by_age[a] for a in sorted(by_age, key=int)}, shard_counts=shard_records)
+                     by_age={a: by_age[a] for a in sorted(by_age, key=int)}, shard_counts=shard_records,
+                     shard_sha256=hashes)
 
 
 def reconcile(discovery: Discovery, plan, shard_counts, summaries, image_size) -> tuple[Manifest, list]:
@@ -64,6 +66,8 @@ def reconcile(discovery: Discovery, plan, shard_counts, summaries, image_size) -
     if discovery.layout == LAYOUT_FOLDS:
         # Images under aligned/ that no fold row names: not part of the protocol (not inputs, so
         # not in found), listed so that nothing is silently ignored.
+        # The fold files decide labels and folds: their bytes are part of what the records are.
+        extra[FOLD_FILES_SHA256] = discovery.source_sha256
         extra.update(users_per_fold=discovery.users_per_split, subject_exclusive=True,
                      unlisted=len(discovery.unlisted), unlisted_files=discovery.unlisted)
     manifest = Manifest(image_size=image_size, source_root=discovery.root, splits=splits,
