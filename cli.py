@@ -409,7 +409,7 @@ def _familiar_form(rows: list) -> int | None:
 
 def cmd_classify(args) -> int:
     from model.inference.classify import ClassifyStream
-    from model.inference.inputs import Inputs
+    from model.inference.inputs import Inputs, named_paths
     from model.inference.output import RowWriter, summary_line
     from model.network.head import load_classifier
 
@@ -417,7 +417,8 @@ def cmd_classify(args) -> int:
     if args.annotate:
         outputs.append((args.annotate, "dir", "--annotate"))
     if outputs:
-        _check_outputs(outputs, [(args.model, "-m"), *((p, "-i") for p in args.input)])
+        # The paths inside path lists too: -o or an annotated picture must not replace one of them.
+        _check_outputs(outputs, [(args.model, "-m"), *named_paths(args.input)])
     model = load_classifier(args.model)
     inputs = Inputs(args.input)
     if args.annotate:

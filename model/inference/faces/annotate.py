@@ -83,6 +83,10 @@ def save_annotated(out_dir: str, prepared) -> str:
     target = annotated_path(out_dir, prepared.path)
     image = draw_results(prepared.picture, prepared)
     try:
+        # The outputs check refuses this before any work; a link made since must not lose the input.
+        if not is_remote(prepared.path) and os.path.exists(target) and os.path.samefile(target, prepared.path):
+            raise DataError(f"the annotated picture {target} is the input {prepared.path}; pass another "
+                            f"`annotate_dir` folder")
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if target.lower().endswith((".jpg", ".jpeg")):
             image.save(target, quality=90)
