@@ -396,12 +396,12 @@ def add_classify_parser(sub) -> None:
 def _familiar_form(rows: list) -> int | None:
     """The original's one-image form: its block for one face, one error line for a failed image;
     None for several faces (they get the table like any run)."""
-    from model.inference.output import familiar_block
+    from model.inference.output import displayable, familiar_block
 
     if len(rows) != 1:
         return None
     if rows[0].error is not None:
-        print(f"error: {rows[0].path}: {rows[0].error}", file=sys.stderr)
+        print(displayable(f"error: {rows[0].path}: {rows[0].error}"), file=sys.stderr)
         return 1
     print(familiar_block(rows[0]), end="")
     return 0
@@ -435,21 +435,25 @@ def cmd_classify(args) -> int:
         if status is not None:
             return status
         rows = iter(first)
-    try:
-        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    except OSError as err:
-        return _fail(f"cannot write {args.output} ({err.strerror or err}); pass a writable -o path")
-    writer = RowWriter(out, args.format or "table")
     interrupted = False
-    try:
-        for row in rows:
-            writer.write([row])
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        writer.close()      # a JSON array is closed even when the run stops early: rows written stay valid
-        if out is not sys.stdout:
-            out.close()
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout
+        if args.output:
+            # Rows stream into a temporary file beside -o, renamed to -o at the end (also after
+            # Ctrl-C: the rows written are complete); killed, the run leaves -o as it was.
+            from pipeline.files import open_replacing
+            try:
+                out = stack.enter_context(open_replacing(args.output))
+            except OSError as err:
+                return _fail(f"cannot write {args.output} ({err.strerror or err}); pass a writable -o path")
+        writer = RowWriter(out, args.format or "table")
+        try:
+            for row in rows:
+                writer.write([row])
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            writer.close()      # a JSON array is closed even when the run stops early: rows written stay valid
     print(summary_line(stream.tally, inputs.skipped, args.min_face, args.output), file=sys.stderr)
     if interrupted:
         print("interrupted: the rows written are complete; rerun the command to classify the rest", file=sys.stderr)

@@ -8,8 +8,10 @@ calls `cli.main` in this process, except where a separate process is the point.
 """
 from __future__ import annotations
 
+import csv
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -80,3 +82,88 @@ def test_a_hard_link_to_the_model_or_an_input_is_that_file(small_model, slim_t7,
     before = digests(tmp_path)
     refused(main("convert", "-w", weights, "-o", tmp_path / "out.keras"), "is the input -w")
     assert digests(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- 5, 8. what rows look like
+ODD_NAMES = ["cr\rin.png", "nl\nin.png", "esc\x1b[31mred\x1b[0m.png", 'quote",comma.png']
+
+
+@pytest.fixture
+def odd_folder(tmp_path) -> str:
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for i, name in enumerate(ODD_NAMES):
+        face_file(folder / name, seed=i)
+    return str(folder)
+
+
+def test_csv_reads_back_one_row_per_file_whatever_the_file_names(small_model, odd_folder, tmp_path):
+    out = tmp_path / "rows.csv"
+    proc = main("classify", "-m", small_model, "-i", odd_folder, "--faces", "aligned", "--format", "csv", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(os.path.basename(r["path"]) for r in rows) == sorted(ODD_NAMES)
+    assert all(r["label"] in ("female", "male") for r in rows)
+
+
+def test_table_shows_control_characters_escaped(small_model, odd_folder):
+    proc = main("classify", "-m", small_model, "-i", odd_folder, "--faces", "aligned")
+    assert proc.returncode == 0, proc.stderr
+    assert not any(c in proc.stdout + proc.stderr for c in "\r\x1b")
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 + len(ODD_NAMES)                       # the header and one line per file
+    assert any(line.endswith("esc\\x1b[31mred\\x1b[0m.png") for line in lines)
+    assert any(line.endswith("cr\\rin.png") for line in lines)
+
+
+def test_sigkill_during_classify_o_leaves_no_truncated_output(small_model, tmp_path):
+    """Killed mid-run, -o keeps what it held (here: nothing); the rows went to a hidden partial file."""
+    import signal
+    import time
+
+    from tests.conftest import CLI
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(400):
+        face_file(folder / f"{i:03d}.png", seed=i)
+    out = tmp_path / "rows.csv"
+    proc = subprocess.Popen([*CLI, "classify", "-m", small_model, "-i", folder, "--faces", "aligned", "--format",
+                             "csv", "-o", out, "-b", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        # The moment rows are being written (a header and a first row, wherever they go), kill it.
+        while time.time() < deadline and proc.poll() is None:
+            written = [p for p in tmp_path.iterdir() if p.is_file() and p.stat().st_size > 200]
+            if written:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed mid-way"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name]    # the rows so far, never named -o
+
+
+def test_output_is_replaced_only_when_the_run_ends(small_model, tmp_path, monkeypatch):
+    from model.inference import output
+
+    image = face_file(tmp_path / "x.png")
+    out = tmp_path / "rows.csv"
+    out.write_text("previous\n")
+    seen = []
+    write = output.RowWriter.write
+
+    def watching(self, rows):
+        seen.append(out.read_text())
+        write(self, rows)
+
+    monkeypatch.setattr(output.RowWriter, "write", watching)
+    assert main("classify", "-m", small_model, "-i", image, "--faces", "aligned", "-o", out).returncode == 0
+    assert seen == ["previous\n"]                           # while rows were written, -o held its old text
+    assert out.read_text().startswith("label") and "x.png" in out.read_text()
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
