@@ -12,6 +12,7 @@ import csv
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -167,3 +168,69 @@ def test_output_is_replaced_only_when_the_run_ends(small_model, tmp_path, monkey
     assert seen == ["previous\n"]                           # while rows were written, -o held its old text
     assert out.read_text().startswith("label") and "x.png" in out.read_text()
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+# ----------------------------------------------------------------------------- 1. the detector's memory
+MEMORY_RUN = """
+import resource, sys
+limit = int(sys.argv[1]) * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.path.insert(0, {root!r})
+import model.inference.faces.detect as detect
+detect.MAX_DETECT_SIDE = 512          # the mechanism at a size a test affords (2048 in use)
+import cli
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_detection_on_a_huge_blank_picture_with_min_face_1_stays_bounded(small_model, tmp_path):
+    """A blank 5000×5000 PNG (80 KB) searched down to 1-px faces: without the working-size bound
+    MTCNN's pyramid alone asks for gigabytes (a 572 MiB float64 copy first). Under a 3.5 GB address
+    space limit (TensorFlow and the model reserve about 2.6 GB of it) it must give its one row."""
+    from tests.conftest import ROOT
+
+    picture = tmp_path / "blank.png"
+    Image.new("RGB", (5000, 5000), (255, 255, 255)).save(picture, optimize=True)
+    proc = subprocess.run([sys.executable, "-c", MEMORY_RUN.format(root=ROOT), "3500", "classify", "-m", small_model,
+                           "-i", picture, "--faces", "detect", "--min-face", "1", "--format", "csv"],
+                          capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 1 and "no face found" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+
+
+def test_a_photo_larger_than_the_working_size_gives_boxes_in_its_own_pixels(monkeypatch):
+    import matplotlib.cbook
+
+    from model.inference.faces import detect
+
+    grace = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    detector = detect.FaceDetector()
+    (face,) = detector.detect(grace)
+    monkeypatch.setattr(detect, "MAX_DETECT_SIDE", 600)
+    double = grace.resize((2 * grace.width, 2 * grace.height), Image.Resampling.LANCZOS)
+    (big,) = detector.detect(double)           # searched at 512×600 again, mapped back to 1024×1200
+    # The same face, within the detector's jitter between two pyramids (a few % of the face).
+    from tests.test_faces import iou
+
+    assert iou(big.box, 2 * np.asarray(face.box)) > 0.85, (big.box, face.box)
+    assert np.abs(big.landmarks - 2 * face.landmarks).max() < 0.05 * big.box[2], (big.landmarks, face.landmarks)
+
+
+def test_suppression_compares_at_most_max_candidates_the_most_confident_in_order():
+    from model.inference.faces import detect
+
+    seen = {}
+
+    def nms(bboxes, threshold, **kwargs):
+        seen["boxes"] = bboxes
+        return bboxes
+
+    n = detect.MAX_CANDIDATES + 5000
+    rng = np.random.default_rng(0)
+    boxes = np.column_stack([np.zeros(n), rng.random((n, 4)), rng.random(n)])
+    detect._capped(nms)(boxes, 0.5)
+    kept = seen["boxes"]
+    assert len(kept) == detect.MAX_CANDIDATES
+    assert kept[:, 5].min() >= np.sort(boxes[:, 5])[-detect.MAX_CANDIDATES]        # the most confident
+    order = [np.flatnonzero((boxes == row).all(axis=1))[0] for row in kept[:50]]
+    assert order == sorted(order)                                                 # in their original order
