@@ -9,6 +9,7 @@ calls `cli.main` in this process, except where a separate process is the point.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 import subprocess
@@ -234,3 +235,33 @@ def test_suppression_compares_at_most_max_candidates_the_most_confident_in_order
     assert kept[:, 5].min() >= np.sort(boxes[:, 5])[-detect.MAX_CANDIDATES]        # the most confident
     order = [np.flatnonzero((boxes == row).all(axis=1))[0] for row in kept[:50]]
     assert order == sorted(order)                                                 # in their original order
+
+
+# ----------------------------------------------------------------------------- 7. serve_images and GIF
+def a_gif(frames: int, side: int) -> bytes:
+    rng = np.random.default_rng(frames)
+    pictures = [Image.fromarray(rng.integers(0, 255, (side, side + 16, 3), dtype=np.uint8)).convert("P")
+                for _ in range(frames)]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, "GIF", save_all=frames > 1, append_images=pictures[1:])
+    return buffer.getvalue()
+
+
+def test_gif_first_frame_decodes_as_pillow_and_a_huge_screen_is_refused():
+    import tensorflow as tf
+
+    from model.network.serving import decode_for_model
+    from pipeline.decode import decode_image
+
+    for data in (a_gif(1, 64), a_gif(3, 64)):
+        # Float against fixed-point rounding: ±1 level at most (test_serving.py measures it).
+        assert np.abs(decode_for_model(tf.constant(data), SIZE).numpy().astype(int) - decode_image(data, SIZE)).max() <= 1
+    one = a_gif(1, 8)
+    huge = one[:6] + (20_000).to_bytes(2, "little") * 2 + one[10:]       # its logical screen 20000×20000
+    with pytest.raises(tf.errors.InvalidArgumentError, match="decompression bomb guard"):
+        decode_for_model(tf.constant(huge), SIZE)
+    bmp = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(bmp, "BMP")
+    huge_bmp = bmp.getvalue()[:18] + (20_000).to_bytes(4, "little") * 2 + bmp.getvalue()[26:]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="decompression bomb guard"):
+        decode_for_model(tf.constant(huge_bmp), SIZE)
