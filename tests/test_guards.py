@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -265,3 +266,32 @@ def test_gif_first_frame_decodes_as_pillow_and_a_huge_screen_is_refused():
     huge_bmp = bmp.getvalue()[:18] + (20_000).to_bytes(4, "little") * 2 + bmp.getvalue()[26:]
     with pytest.raises(tf.errors.InvalidArgumentError, match="decompression bomb guard"):
         decode_for_model(tf.constant(huge_bmp), SIZE)
+
+
+# ----------------------------------------------------------------------------- 6. .keras zip bombs
+def rezipped(source: str, target, replace: dict[str, bytes]) -> str:
+    """A copy of the .keras zip at `source` with some members' contents replaced (deflated)."""
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, replace.get(info.filename, zin.read(info.filename)))
+    return str(target)
+
+
+def test_keras_zip_bombs_are_refused_from_their_declared_sizes(small_model, tmp_path):
+    image = face_file(tmp_path / "x.png")
+    with zipfile.ZipFile(small_model) as z:
+        config, weights = z.read("config.json"), z.read("model.weights.h5")
+    spaces = rezipped(small_model, tmp_path / "spaces.keras", {"config.json": config + b" " * 64 * 2**20})
+    zeros = rezipped(small_model, tmp_path / "zeros.keras", {"model.weights.h5": weights + bytes(64 * 2**20)})
+    assert os.path.getsize(spaces) < 2**20 and os.path.getsize(zeros) < 2**20     # bombs: small files
+    refused(main("classify", "-m", spaces, "-i", image, "--faces", "aligned"), "config.json", "cap")
+    refused(main("classify", "-m", zeros, "-i", image, "--faces", "aligned"), "model.weights.h5",
+            "the architecture's weights need at most")
+    # The backbone a training starts from (-w .keras) goes through the same check.
+    from model.errors import ModelError
+    from model.network.backbone import load_backbone
+
+    with pytest.raises(ModelError, match="weights need at most"):
+        load_backbone(zeros, image_size=SIZE)
+    # The model itself still loads.
+    assert main("classify", "-m", small_model, "-i", image, "--faces", "aligned", "--format", "csv").returncode == 0
