@@ -360,7 +360,7 @@ def cmd_evaluate(args) -> int:
 
 # ---------------------------------------------------------------- classify
 def add_classify_parser(sub) -> None:
-    from model.inference.faces.detect import DEFAULT_MIN_FACE
+    from model.inference.faces.detect import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_FACE
     from model.inference.output import OUTPUT_FORMATS
     from model.inference.prepare import FACE_MODES
 
@@ -381,6 +381,10 @@ def add_classify_parser(sub) -> None:
     p.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE, metavar="PIXELS",
                    help=f"skip (and count) detected faces smaller than this on the shorter side of their box "
                         f"(default {DEFAULT_MIN_FACE})")
+    p.add_argument("--min-confidence", type=_float_in(0.0, 1.0, high_open=False), default=DEFAULT_MIN_CONFIDENCE,
+                   metavar="P", help=f"the detector's confidence (0..1) from which a candidate counts as a face "
+                                     f"(default {DEFAULT_MIN_CONFIDENCE:g}: between the 0.98 or more of real faces "
+                                     f"and the 0.82 at most of face-free photos, measured)")
     p.add_argument("--annotate", default=None, metavar="DIR",
                    help="also write each picture under DIR with its faces' boxes, landmarks, labels and scores "
                         "drawn on it (paths mirrored under DIR)")
@@ -426,7 +430,8 @@ def cmd_classify(args) -> int:
             os.makedirs(args.annotate, exist_ok=True)
         except OSError as err:
             return _fail(f"cannot create {args.annotate} ({err.strerror or err}); pass a writable --annotate folder")
-    stream = ClassifyStream(model, inputs, faces=args.faces, min_face=args.min_face, batch_size=args.batch_size,
+    stream = ClassifyStream(model, inputs, faces=args.faces, min_face=args.min_face,
+                            min_confidence=args.min_confidence, batch_size=args.batch_size,
                             progress=ScoringBars(), annotate_dir=args.annotate, total=inputs.count)
     rows = iter(stream)
     if args.format is None and args.output is None and inputs.single_image:

@@ -37,6 +37,18 @@ import numpy as np
 # Faces whose detector box is smaller than this on its shorter side are skipped (and counted):
 # a crop of a 40-px face is already upscaled about 2x to reach the model's 224 px.
 DEFAULT_MIN_FACE = 40
+# The detector's confidence (its last network's, 0..1) below which a candidate is not a face
+# (classify --min-confidence). MTCNN's own cut is 0.8, and at 0.8 scikit-learn's china.jpg (a
+# temple) gave a "face" of 0.803. Measured on real photos (FaceDetector at --min-face 40 and 1):
+# - faces: matplotlib's grace_hopper.jpg (as is, mirrored, turned 20°, halved) 0.982-0.9998,
+#   scikit-image's astronaut.png (as is, halved, turned -15°) 0.997-1.0, its camera.png 0.998;
+#   the lowest of the 16, 0.9815;
+# - no face: scikit-learn's china.jpg and flower.jpg, matplotlib's logo2.png and
+#   Minduka_Present_Blue_Pack.png, and the 22 other pictures of scikit-image's data (a cat, coffee,
+#   a rocket, two motorcycles, textures, text, microscopy...): two candidates in all, china.jpg
+#   0.803 (--min-face 40) and motorcycle_right.png 0.820 (--min-face 1).
+# 0.95 lies between the two groups with a margin on both sides.
+DEFAULT_MIN_CONFIDENCE = 0.95
 # MTCNN's first network looks at 12-px windows: it finds nothing smaller.
 DETECTOR_WINDOW = 12
 # The longest side the detector works at (see the module docstring): a 2048-px pyramid searched
@@ -106,8 +118,9 @@ class FaceDetector:
     """Thread-safe face finder over RGB photos; the network is loaded at first use, and one photo
     is searched at a time (memory: see the module docstring)."""
 
-    def __init__(self, min_face: int = DEFAULT_MIN_FACE):
+    def __init__(self, min_face: int = DEFAULT_MIN_FACE, min_confidence: float = DEFAULT_MIN_CONFIDENCE):
         self.floor = search_floor(min_face)
+        self.min_confidence = min_confidence
         self._mtcnn = None
         self._lock = threading.Lock()
         self._searching = threading.Lock()
@@ -157,7 +170,8 @@ class FaceDetector:
         with self._searching:
             # "numpy" output keeps sub-pixel landmarks (the "json" one rounds them to integers):
             # rows [image, x1, y1, w, h, confidence, x of the 5 landmarks, y of the 5 landmarks].
-            found = network.detect_faces(rgb, output_type="numpy", min_face_size=floor)
+            found = network.detect_faces(rgb, output_type="numpy", min_face_size=floor,
+                                         threshold_onet=self.min_confidence)
         back = np.array([scale_x, scale_y, scale_x, scale_y])
         faces = [Face(box=tuple(float(v) for v in np.asarray(row[1:5], np.float64) / back), confidence=float(row[5]),
                       landmarks=np.stack([row[6:11] / scale_x, row[11:16] / scale_y], axis=1).astype(np.float64))
