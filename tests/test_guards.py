@@ -129,7 +129,7 @@ def test_sigkill_during_classify_o_leaves_no_truncated_output(small_model, tmp_p
 
     folder = tmp_path / "faces"
     folder.mkdir()
-    for i in range(400):
+    for i in range(150):
         face_file(folder / f"{i:03d}.png", seed=i)
     out = tmp_path / "rows.csv"
     proc = subprocess.Popen([*CLI, "classify", "-m", small_model, "-i", folder, "--faces", "aligned", "--format",
@@ -178,26 +178,26 @@ import resource, sys
 limit = int(sys.argv[1]) * 2**20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 sys.path.insert(0, {root!r})
+import numpy as np
 import model.inference.faces.detect as detect
+from pipeline.decode import load_photo
 detect.MAX_DETECT_SIDE = 512          # the mechanism at a size a test affords (2048 in use)
-import cli
-sys.exit(cli.main(sys.argv[2:]))
+print("faces", len(detect.FaceDetector(min_face=1).detect(np.asarray(load_photo(sys.argv[2])))))
 """
 
 
-def test_detection_on_a_huge_blank_picture_with_min_face_1_stays_bounded(small_model, tmp_path):
-    """A blank 5000×5000 PNG (80 KB) searched down to 1-px faces: without the working-size bound
-    MTCNN's pyramid alone asks for gigabytes (a 572 MiB float64 copy first). Under a 3.5 GB address
-    space limit (TensorFlow and the model reserve about 2.6 GB of it) it must give its one row."""
+def test_detection_on_a_huge_blank_picture_with_min_face_1_stays_bounded(tmp_path):
+    """A blank 4000×4000 PNG (a few KB) searched down to 1-px faces: without the working-size bound
+    MTCNN's pyramid asks for gigabytes (a 384 MB float64 copy first; the process aborts). Under a
+    3 GB address space limit (TensorFlow and the detector reserve about 2.4 GB of it) the search
+    must end, finding nothing. (The whole command on a 9000×9000 PNG: README, 1.9 GB resident.)"""
     from tests.conftest import ROOT
 
     picture = tmp_path / "blank.png"
-    Image.new("RGB", (5000, 5000), (255, 255, 255)).save(picture, optimize=True)
-    proc = subprocess.run([sys.executable, "-c", MEMORY_RUN.format(root=ROOT), "3500", "classify", "-m", small_model,
-                           "-i", picture, "--faces", "detect", "--min-face", "1", "--format", "csv"],
+    Image.new("RGB", (4000, 4000), (255, 255, 255)).save(picture, optimize=True)
+    proc = subprocess.run([sys.executable, "-c", MEMORY_RUN.format(root=ROOT), "3000", picture],
                           capture_output=True, text=True, timeout=300)
-    assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr[-2000:]
-    assert proc.returncode == 1 and "no face found" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    assert proc.returncode == 0 and "faces 0" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr[-2000:])
 
 
 def test_a_photo_larger_than_the_working_size_gives_boxes_in_its_own_pixels(monkeypatch):
