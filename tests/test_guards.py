@@ -266,6 +266,13 @@ def test_gif_first_frame_decodes_as_pillow_and_a_huge_screen_is_refused():
     huge_bmp = bmp.getvalue()[:18] + (20_000).to_bytes(4, "little") * 2 + bmp.getvalue()[26:]
     with pytest.raises(tf.errors.InvalidArgumentError, match="decompression bomb guard"):
         decode_for_model(tf.constant(huge_bmp), SIZE)
+    webp = io.BytesIO()
+    Image.new("RGBA", (8, 8)).save(webp, "WEBP")                   # an extended (VP8X) file: its canvas
+    data = webp.getvalue()
+    assert data[12:16] == b"VP8X"
+    huge_webp = data[:24] + (10_000 - 1).to_bytes(3, "little") + (9_000 - 1).to_bytes(3, "little") + data[30:]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="decompression bomb guard"):
+        decode_for_model(tf.constant(huge_webp), SIZE)
 
 
 # ----------------------------------------------------------------------------- 6. .keras zip bombs

@@ -256,27 +256,34 @@ def _lanczos_pass(image: tf.Tensor, axis: int, offset: tf.Tensor, side: tf.Tenso
 
 
 def _declared_pixels(data: tf.Tensor) -> tf.Tensor:
-    """Width x height from a JPEG's, PNG's, GIF's (its logical screen, what decode_gif allocates)
-    or BMP's header (0 for other formats), before decoding."""
-    # Padded: the header reads need 26 bytes even of an empty or truncated file.
-    head = tf.io.decode_raw(tf.strings.join([tf.strings.substr(data, 0, 26), b"\x00" * 26]), tf.uint8)
+    """Width x height from a JPEG's, PNG's, GIF's (its logical screen, what decode_gif allocates),
+    BMP's or WebP's header (0 for other formats), before decoding."""
+    # Padded: the header reads need 30 bytes even of an empty or truncated file.
+    head = tf.io.decode_raw(tf.strings.join([tf.strings.substr(data, 0, 30), b"\x00" * 30]), tf.uint8)
     jpeg = lambda: tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64))  # noqa: E731
     png = _uint(head, 16, 4, False) * _uint(head, 20, 4, False)
     gif = _uint(head, 6, 2, True) * _uint(head, 8, 2, True)
     # BMP: 32-bit signed width and height (a negative height: rows stored top-down).
     signed = lambda v: tf.minimum(v, 2**32 - v)  # noqa: E731
     bmp = signed(_uint(head, 18, 4, True)) * signed(_uint(head, 22, 4, True))
+    # WebP: the canvas of an extended file (VP8X: 24-bit width-1, height-1), else the bitstream's
+    # own 14-bit sizes (VP8L: width-1, height-1 packed; VP8: width, height after the start code).
+    lossless = _uint(head, 21, 4, True)
+    webp = tf.where(_is(head, 12, b"VP8X"), (_uint(head, 24, 3, True) + 1) * (_uint(head, 27, 3, True) + 1), tf.where(
+        _is(head, 12, b"VP8L"), (lossless % 2**14 + 1) * (lossless // 2**14 % 2**14 + 1),
+        (_uint(head, 26, 2, True) % 2**14) * (_uint(head, 28, 2, True) % 2**14)))
+    is_webp = _is(head, 0, b"RIFF") & _is(head, 8, b"WEBP")
     other = tf.where(_is(head, 0, _PNG_SIGNATURE), png, tf.where(
-        _is(head, 0, b"GIF8"), gif, tf.where(_is(head, 0, b"BM"), bmp, tf.constant(0, tf.int64))))
+        _is(head, 0, b"GIF8"), gif, tf.where(_is(head, 0, b"BM"), bmp, tf.where(
+            is_webp, webp, tf.constant(0, tf.int64)))))
     return tf.cond(tf.io.is_jpeg(data), jpeg, lambda: other)
 
 
 def decode_for_model(data: tf.Tensor, size: int) -> tf.Tensor:
     """One encoded file -> uint8 [size, size, 3] BGR: pipeline.decode.decode_image in TensorFlow ops.
 
-    JPEGs, PNGs, GIFs and BMPs above decode_image's MAX_PIXELS are refused before decoding (its
-    decompression bomb guard); of a GIF only the first frame is decoded (as Pillow's first frame);
-    WebP is decoded without that check (its canvas is at most 16383x16383)."""
+    JPEGs, PNGs, GIFs, BMPs and WebPs above decode_image's MAX_PIXELS are refused before decoding
+    (its decompression bomb guard); of a GIF only the first frame is decoded (as Pillow's first frame)."""
     too_large = tf.debugging.assert_less_equal(
         _declared_pixels(data), tf.constant(MAX_PIXELS, tf.int64),
         message=f"image too large (more than {MAX_PIXELS} pixels; decompression bomb guard)")
