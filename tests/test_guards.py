@@ -324,3 +324,22 @@ def test_face_free_photos_give_no_face_and_min_confidence_sets_the_cut(small_mod
     assert 0.7 <= float(row["confidence"]) < 0.95
     with pytest.raises(SystemExit):                               # argparse's usage error, as for every number flag
         main("classify", "-m", small_model, "-i", sklearn_photo("china.jpg"), "--min-confidence", "1.5")
+
+
+def test_outputs_are_replaced_not_written_through_so_a_hard_link_elsewhere_survives(small_model, tmp_path,
+                                                                                    monkeypatch):
+    """A hard link in the output's place to a file the check does not see (another folder's image):
+    -o and --annotate replace the link, never the linked file's content."""
+    monkeypatch.chdir(tmp_path)
+    face_file(tmp_path / "x.png")
+    keep = face_file(tmp_path / "keep.png", seed=1)
+    os.makedirs(tmp_path / "ann")
+    os.link(keep, tmp_path / "ann" / "x.png")              # where --annotate ann puts x.png's picture
+    os.link(keep, tmp_path / "rows.csv")
+    before = digests(keep)
+    proc = main("classify", "-m", small_model, "-i", "x.png", "--faces", "aligned", "--annotate", "ann",
+                "--format", "csv", "-o", "rows.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert digests(keep) == before
+    assert (tmp_path / "rows.csv").read_text().startswith("path,") and os.path.getsize(tmp_path / "ann" / "x.png") > 0
+    assert not os.path.samefile(keep, tmp_path / "ann" / "x.png")
