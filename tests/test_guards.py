@@ -150,6 +150,9 @@ def test_sigkill_during_classify_o_leaves_no_truncated_output(small_model, tmp_p
             proc.kill()
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name]    # the rows so far, never named -o
+    # The next run into -o removes what the killed one left.
+    assert main("classify", "-m", small_model, "-i", folder / "000.png", "--faces", "aligned", "-o", out).returncode == 0
+    assert out.exists() and not [p.name for p in tmp_path.iterdir() if ".partial" in p.name]
 
 
 def test_output_is_replaced_only_when_the_run_ends(small_model, tmp_path, monkeypatch):
