@@ -44,7 +44,7 @@ DEFAULT_MIN_FACE = 40
 #   scikit-image's astronaut.png (as is, halved, turned -15°) 0.997-1.0, its camera.png 0.998;
 #   the lowest of the 16, 0.9815;
 # - no face: scikit-learn's china.jpg and flower.jpg, matplotlib's logo2.png and
-#   Minduka_Present_Blue_Pack.png, and the 22 other pictures of scikit-image's data (a cat, coffee,
+#   Minduka_Present_Blue_Pack.png, and the 24 other pictures of scikit-image's data (a cat, coffee,
 #   a rocket, two motorcycles, textures, text, microscopy...): two candidates in all, china.jpg
 #   0.803 (--min-face 40) and motorcycle_right.png 0.820 (--min-face 1).
 # 0.95 lies between the two groups with a margin on both sides.
