@@ -388,7 +388,7 @@ def cmd_evaluate(args) -> int:
 
 # ---------------------------------------------------------------- classify
 def add_classify_parser(sub) -> None:
-    from model.inference.faces.detect import DEFAULT_MIN_FACE
+    from model.inference.faces.detect import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_FACE
     from model.inference.output import OUTPUT_FORMATS
     from model.inference.prepare import FACE_MODES
 
@@ -409,6 +409,10 @@ def add_classify_parser(sub) -> None:
     p.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE, metavar="PIXELS",
                    help=f"skip (and count) detected faces smaller than this on the shorter side of their box "
                         f"(default {DEFAULT_MIN_FACE})")
+    p.add_argument("--min-confidence", type=_float_in(0.0, 1.0, high_open=False), default=DEFAULT_MIN_CONFIDENCE,
+                   metavar="P", help=f"the detector's confidence (0..1) from which a candidate counts as a face "
+                                     f"(default {DEFAULT_MIN_CONFIDENCE:g}: between the 0.98 or more of real faces "
+                                     f"and the 0.82 at most of face-free photos, measured)")
     p.add_argument("--annotate", default=None, metavar="DIR",
                    help="also write each picture under DIR with its faces' boxes, landmarks, labels and scores "
                         "drawn on it (paths mirrored under DIR)")
@@ -428,12 +432,12 @@ def add_classify_parser(sub) -> None:
 def _familiar_form(rows: list) -> int | None:
     """The original's one-image form: its block for one face, one error line for a failed image;
     None for several faces (they get the table like any run)."""
-    from model.inference.output import familiar_block
+    from model.inference.output import displayable, familiar_block
 
     if len(rows) != 1:
         return None
     if rows[0].error is not None:
-        print(f"error: {rows[0].path}: {rows[0].error}", file=sys.stderr)
+        print(displayable(f"error: {rows[0].path}: {rows[0].error}"), file=sys.stderr)
         return 1
     print(familiar_block(rows[0]), end="")
     return 0
@@ -441,7 +445,7 @@ def _familiar_form(rows: list) -> int | None:
 
 def cmd_classify(args) -> int:
     from model.inference.classify import ClassifyStream, resolve_threshold
-    from model.inference.inputs import Inputs
+    from model.inference.inputs import Inputs, named_paths
     from model.inference.output import RowWriter, summary_line
     from model.network.head import load_classifier
 
@@ -449,7 +453,8 @@ def cmd_classify(args) -> int:
     if args.annotate:
         outputs.append((args.annotate, "dir", "--annotate"))
     if outputs:
-        _check_outputs(outputs, [(args.model, "-m"), *((p, "-i") for p in args.input)])
+        # The paths inside path lists too: -o or an annotated picture must not replace one of them.
+        _check_outputs(outputs, [(args.model, "-m"), *named_paths(args.input)])
     model = load_classifier(args.model)
     threshold, source = resolve_threshold(args.model, args.threshold)
     if source != "default":
@@ -461,7 +466,8 @@ def cmd_classify(args) -> int:
             os.makedirs(args.annotate, exist_ok=True)
         except OSError as err:
             return _fail(f"cannot create {args.annotate} ({err.strerror or err}); pass a writable --annotate folder")
-    stream = ClassifyStream(model, inputs, faces=args.faces, min_face=args.min_face, batch_size=args.batch_size,
+    stream = ClassifyStream(model, inputs, faces=args.faces, min_face=args.min_face,
+                            min_confidence=args.min_confidence, batch_size=args.batch_size,
                             progress=ScoringBars(), annotate_dir=args.annotate, total=inputs.count, threshold=threshold,
                             tta=args.tta)
     rows = iter(stream)
@@ -471,21 +477,25 @@ def cmd_classify(args) -> int:
         if status is not None:
             return status
         rows = iter(first)
-    try:
-        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    except OSError as err:
-        return _fail(f"cannot write {args.output} ({err.strerror or err}); pass a writable -o path")
-    writer = RowWriter(out, args.format or "table")
     interrupted = False
-    try:
-        for row in rows:
-            writer.write([row])
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        writer.close()      # a JSON array is closed even when the run stops early: rows written stay valid
-        if out is not sys.stdout:
-            out.close()
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout
+        if args.output:
+            # Rows stream into a temporary file beside -o, renamed to -o at the end (also after
+            # Ctrl-C: the rows written are complete); killed, the run leaves -o as it was.
+            from pipeline.files import open_replacing
+            try:
+                out = stack.enter_context(open_replacing(args.output))
+            except OSError as err:
+                return _fail(f"cannot write {args.output} ({err.strerror or err}); pass a writable -o path")
+        writer = RowWriter(out, args.format or "table")
+        try:
+            for row in rows:
+                writer.write([row])
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            writer.close()      # a JSON array is closed even when the run stops early: rows written stay valid
     print(summary_line(stream.tally, inputs.skipped, args.min_face, args.output, tta=args.tta), file=sys.stderr)
     if interrupted:
         print("interrupted: the rows written are complete; rerun the command to classify the rest", file=sys.stderr)

@@ -9,11 +9,12 @@ clear line saying so.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, TextIO
 
 from pipeline.errors import DataError
 
@@ -103,6 +104,45 @@ def replacing(path: str, suffix: str = "") -> Iterator[str]:
                 shutil.rmtree(leftover, ignore_errors=True)
             elif os.path.lexists(leftover):
                 os.remove(leftover)
+
+
+def _remove_dead_partials(folder: str, base: str) -> None:
+    """Remove the `.partial` files of `base` that killed processes left (`replacing` names them
+    .BASE.PID.partial); a live process's is left alone."""
+    prefix = f".{base}."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):-len(".partial")] if name.startswith(prefix) and name.endswith(".partial") else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                      # alive (or not ours to signal): leave it
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            pass
+
+
+@contextmanager
+def open_replacing(path: str, encoding: str = "utf-8") -> Iterator[TextIO]:
+    """A text file to stream into that appears at `path` only when the block ends without an
+    exception (see `replacing`): until then `path` keeps what it held, and a killed process leaves
+    no truncated file there that looks complete (only its hidden `.partial` beside it). Unlike
+    `replacing`, it creates no folder: FileNotFoundError when `path`'s folder is missing."""
+    folder = os.path.dirname(os.path.normpath(path)) or "."
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+    _remove_dead_partials(folder, os.path.basename(os.path.normpath(path)))
+    with replacing(path) as partial, open(partial, "w", encoding=encoding) as f:
+        yield f
 
 
 def write_text_atomically(path: str, text: str) -> None:

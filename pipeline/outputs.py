@@ -4,8 +4,9 @@ Nothing a command writes may replace or land inside what it reads (an output fol
 input tree is read back as input on the next run; `-o` naming the model overwrites it), no input
 may sit inside an output folder, and an output that cannot be written is found now, not after an
 hour of work: its parent must exist or be creatable and writable, and a folder must not stand where
-a file goes (nor the reverse). Paths are compared after resolving symbolic links. Remote paths
-(gs://, s3://) are compared as strings (a folder there is a prefix) and not probed.
+a file goes (nor the reverse). Paths are compared after resolving symbolic links, and existing
+local files also by identity (device and inode), so a hard link to an input is that input. Remote
+paths (gs://, s3://) are compared as strings (a folder there is a prefix) and not probed.
 """
 from __future__ import annotations
 
@@ -33,6 +34,18 @@ def _inside(path: str, folder: str) -> bool:
     """path is folder or below it (both resolved)."""
     sep = "/" if is_remote(folder) else os.sep
     return path == folder or path.startswith(folder.rstrip(sep) + sep)
+
+
+def _identity(real: str) -> tuple[int, int] | None:
+    """(device, inode) of an existing local path, None otherwise: two names of one file (a hard
+    link, a bind mount) share it."""
+    if is_remote(real):
+        return None
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _named(what: str, path: str) -> str:
@@ -71,7 +84,9 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[Input]) -> None:
     """
     given = [(i, "") if isinstance(i, str) else (i[0], i[1]) for i in inputs]
     resolved_inputs = [(path, what, _resolved(path)) for path, what in given if path]
+    identities = [_identity(real) for _, _, real in resolved_inputs]
     seen: dict[str, str] = {}
+    seen_ids: dict[tuple[int, int], str] = {}
     for entry in outputs:
         path, kind = entry[0], entry[1]
         what = entry[2] if len(entry) > 2 else ""
@@ -81,11 +96,12 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[Input]) -> None:
             continue
         real = _resolved(path)
         name = _named(what, path)
-        for in_path, in_what, in_real in resolved_inputs:
+        identity = _identity(real)
+        for (in_path, in_what, in_real), in_identity in zip(resolved_inputs, identities):
             in_name = _named(in_what, in_path)
             if is_remote(real) != is_remote(in_real):
                 continue
-            if real == in_real:
+            if real == in_real or (identity is not None and identity == in_identity):
                 raise DataError(f"{name} is the input {in_name}: it would be overwritten; choose another "
                                 f"output path")
             in_is_folder = is_remote(in_real) or os.path.isdir(in_real)
@@ -95,8 +111,11 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[Input]) -> None:
             if kind == DIR and _inside(in_real, real):
                 raise DataError(f"the input {in_name} is inside the output folder {name}; choose an output "
                                 f"folder that does not hold the inputs")
-        if real in seen:
-            raise DataError(f"{name} and {seen[real]} are the same path; give them different paths")
+        other = seen.get(real) or (seen_ids.get(identity) if identity is not None else None)
+        if other is not None:
+            raise DataError(f"{name} and {other} are the same path; give them different paths")
         seen[real] = name
+        if identity is not None:
+            seen_ids[identity] = name
         if not is_remote(real):
             _check_location(path, real, kind, what)

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from model.contract import DECISION_THRESHOLD, checked_threshold, image_size_of, label_name
-from model.inference.faces.detect import DEFAULT_MIN_FACE, FaceDetector
+from model.inference.faces.detect import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_FACE, FaceDetector
 from model.inference.inputs import Entry, Inputs
 
 # ClassifyRow is part of this module's API: the rows it yields.
@@ -117,13 +117,16 @@ class ClassifyStream:
     def __init__(self, model, entries: Iterable[Entry], faces: str = "auto", min_face: int = DEFAULT_MIN_FACE,
                  batch_size: int = 64, workers: int | None = None, progress: Progress | None = None,
                  forward=None, annotate_dir: str | None = None, total: Callable[[], int] | None = None,
-                 threshold: float = DECISION_THRESHOLD, tta: str = DEFAULT_TTA):
+                 threshold: float = DECISION_THRESHOLD, tta: str = DEFAULT_TTA,
+                 min_confidence: float = DEFAULT_MIN_CONFIDENCE):
         if faces not in FACE_MODES:
             raise DataError(f"`faces` must be one of {', '.join(FACE_MODES)}, got {faces!r}", field="faces")
         if batch_size < 1:
             raise DataError(f"batch size must be positive, got {batch_size}")
         if min_face < 1:
             raise DataError(f"`min_face` must be a positive number of pixels, got {min_face}", field="min_face")
+        if not 0.0 <= min_confidence <= 1.0:
+            raise DataError(f"`min_confidence` must be in [0, 1], got {min_confidence}", field="min_confidence")
         self.entries, self.batch_size, self.total, self.tta = entries, batch_size, total, check_tta(tta)
         self.threshold = checked_threshold(threshold)
         if forward is not None and getattr(forward, "tta", tta) != tta:
@@ -133,7 +136,7 @@ class ClassifyStream:
         self.forward = forward or make_forward(model, tta)
         self.progress = progress or (lambda event: None)
         self.annotate_dir = annotate_dir
-        self.detector = FaceDetector(min_face)
+        self.detector = FaceDetector(min_face, min_confidence)
         self.settings = PrepareSettings(faces, image_size_of(model), min_face, self.detector,
                                         annotate=annotate_dir is not None)
         self.tally = Tally()
@@ -247,7 +250,8 @@ def classify_files(model, paths: Sequence[str], batch_size: int = 64, workers: i
 
 def classify(model_path: str, inputs: Sequence[str], batch_size: int = 64, workers: int | None = None,
              progress: Progress | None = None, faces: str = "auto", min_face: int = DEFAULT_MIN_FACE,
-             annotate_dir: str | None = None, threshold: float | None = None, tta: str = DEFAULT_TTA) -> ClassifyResult:
+             annotate_dir: str | None = None, threshold: float | None = None, tta: str = DEFAULT_TTA,
+             min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> ClassifyResult:
     """Load a classifier (ModelError if the file is not one), classify every face of the inputs and
     return all rows at once (for a few files; the command streams them with ClassifyStream).
     threshold: None decides at the model's stored threshold, else DECISION_THRESHOLD."""
@@ -258,7 +262,7 @@ def classify(model_path: str, inputs: Sequence[str], batch_size: int = 64, worke
     stream_inputs = Inputs(inputs)
     stream = ClassifyStream(model, stream_inputs, faces=faces, min_face=min_face, batch_size=batch_size,
                             workers=workers, progress=progress, annotate_dir=annotate_dir, threshold=decide_at,
-                            tta=tta)
+                            tta=tta, min_confidence=min_confidence)
     rows = list(stream)
     return ClassifyResult(rows, stream.tally, stream_inputs.skipped, stream_inputs.single_image,
                           image_size_of(model))

@@ -53,6 +53,28 @@ def _read_path_list(path: str) -> list[str] | None:
     return entries
 
 
+def _is_path_list(path: str) -> bool:
+    """Whether _expand reads `path` as a list of paths (before reading it)."""
+    return not is_remote(path) and os.path.isfile(path) and not is_image_name(path)
+
+
+def named_paths(paths: Sequence[str], flag: str = "-i") -> Iterator[tuple[str, str]]:
+    """Every path the inputs name, with how the user named it, for checking outputs against them
+    before any work (pipeline.outputs.check_outputs): each PATH, and each entry of a path list as
+    "-i (listed in LIST)". Folders are not searched (the check compares folders as folders). A list
+    that cannot be read is left to the run, which makes it an error row."""
+    for path in paths:
+        yield path, flag
+        if not _is_path_list(path):
+            continue
+        try:
+            listed = _read_path_list(path)
+        except OSError:
+            continue
+        for entry in listed or ():
+            yield entry, f"{flag} (listed in {path})"
+
+
 @dataclass
 class _Seen:
     """What one pass has classified already: real paths of the files named, folders searched."""

@@ -17,6 +17,17 @@ OUTPUT_FORMATS = ("table", "csv", "json", "jsonl")
 # CSV columns: the box is spread over x, y, w, h (JSON keeps it as one [x, y, w, h] list).
 CSV_FIELDS = ("path", "face", "x", "y", "w", "h", "confidence", "crop", "label", "score", "error", "tta")
 _TABLE = "{label:<6}  {score:>8}  {face:>4}  {box:<19}  {conf:>5}  {path}"
+# Characters never written raw to a terminal: C0 and C1 controls and DEL (ANSI escapes, carriage
+# returns that overwrite the line), and the bidirectional overrides that reorder what is shown.
+_UNSHOWN = frozenset([*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+
+
+def displayable(text: str) -> str:
+    """`text` for a terminal: each control or bidi-override character as a visible escape
+    (\\x1b, \\r, \\u202e), so a file name cannot move the cursor, recolour or hide what follows."""
+    if not any(ord(c) in _UNSHOWN for c in text):
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii") if ord(c) in _UNSHOWN else c for c in text)
 
 
 def _table_line(row: ClassifyRow | None) -> str:
@@ -25,8 +36,8 @@ def _table_line(row: ClassifyRow | None) -> str:
     line = _TABLE.format(label=row.label or "-", score="-" if row.score is None else f"{row.score:.6f}",
                          face="-" if row.face is None else row.face,
                          box="-" if row.box is None else ",".join(map(str, row.box)),
-                         conf="-" if row.confidence is None else f"{row.confidence:.3f}", path=row.path)
-    return f"{line}  error: {row.error}" if row.error else line
+                         conf="-" if row.confidence is None else f"{row.confidence:.3f}", path=displayable(row.path))
+    return f"{line}  error: {displayable(row.error)}" if row.error else line
 
 
 def _csv_cells(row: ClassifyRow) -> list:
@@ -45,6 +56,9 @@ class RowWriter:
             raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
         self.out, self.fmt, self.count = out, fmt, 0
         self._csv = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+        # QUOTE_MINIMAL quotes a cell holding the line terminator ("\n") but not "\r", which readers
+        # also end a row at: a row with a carriage return anywhere has every cell quoted.
+        self._csv_quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL) if fmt == "csv" else None
         if fmt == "csv":
             self._csv.writerow(CSV_FIELDS)
         elif fmt == "table":
@@ -56,7 +70,9 @@ class RowWriter:
     def write(self, rows: Iterable[ClassifyRow]) -> None:
         for row in rows:
             if self.fmt == "csv":
-                self._csv.writerow(_csv_cells(row))
+                cells = _csv_cells(row)
+                quoted = any("\r" in cell for cell in cells if isinstance(cell, str))
+                (self._csv_quoted if quoted else self._csv).writerow(cells)
             elif self.fmt == "table":
                 self.out.write(_table_line(row) + "\n")
             elif self.fmt == "jsonl":
@@ -103,4 +119,4 @@ def summary_line(tally: Tally, skipped_files: int, min_face: int, output: str | 
         text += f"; {skipped_files} files in the folders skipped (not an image extension)"
     if output:
         text += f"; rows written to {output}"
-    return text
+    return displayable(text)

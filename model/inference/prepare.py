@@ -98,7 +98,7 @@ def _detected(path: str, data: bytes, photo, settings: PrepareSettings) -> Prepa
     from model.inference.faces.align import align_face, looks_aligned
     from pipeline.decode import decode_image
 
-    faces = settings.detector.detect(np.asarray(photo))
+    faces = settings.detector.detect(photo)
     if settings.faces == "auto" and len(faces) == 1 and looks_aligned(photo.width, photo.height, faces[0].landmarks):
         return _as_crop(path, decode_image(data, settings.size), photo, settings, faces[0])
     kept = [f for f in faces if f.size >= settings.min_face]

@@ -37,6 +37,9 @@ def _load_keras_weights(path: str) -> tuple[VGGWidths, dict[str, list[np.ndarray
     if not zipfile.is_zipfile(path):
         raise ModelError(f"{path} is not a .keras file (not a zip archive); give VGG_FACE.t7 or "
                          f"the .keras file written by `python cli.py convert`")
+    from model.network.archive import check_keras_archive
+
+    check_keras_archive(path, "convert VGG_FACE.t7 with `python cli.py convert`")
     try:
         loaded = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as err:  # Keras raises many types for foreign archives; all mean "bad file"

@@ -189,6 +189,9 @@ def load_classifier(path: str) -> keras.Model:
     if not zipfile.is_zipfile(path):
         raise ModelError(f"{path} is not a .keras model file (not a Keras zip archive); "
                          f"pass the .keras file written by `python cli.py train`")
+    from model.network.archive import check_keras_archive
+
+    check_keras_archive(path, "pass the .keras file written by `python cli.py train`")
     try:
         loaded = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as err:  # keras raises many types for a damaged archive; all mean "corrupt"

@@ -182,9 +182,63 @@ def _on_white(colour: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.floor((colour * alpha + _BACKGROUND * (255.0 - alpha)) / 255.0 + 0.5), tf.uint8)
 
 
+def _is_gif(data: tf.Tensor) -> tf.Tensor:
+    head = tf.strings.substr(data, 0, 6)
+    return tf.logical_or(tf.equal(head, b"GIF87a"), tf.equal(head, b"GIF89a"))
+
+
+def _gif_first_frame(b: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(end, pixels) of a GIF's first frame: the offset just after its image data, -1 if the file
+    holds no complete frame, and the frame's own width x height. Read from the bytes, walking the
+    blocks (header, global colour table, extensions, the image descriptor and its data sub-blocks):
+    TensorFlow's decode_gif decodes every frame (DGifSlurp) before `expand_animations=False` keeps
+    the first, so a 200-frame file costs 200 frames of memory and time unless cut after the first."""
+    n = tf.size(b, out_type=tf.int64)
+    byte = lambda offset: _uint(b, offset, 1, False)  # noqa: E731 - 0 past the end
+    table = lambda flags: tf.where(flags >= 0x80, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64),  # noqa: E731
+                                                                          flags % 8), 0)
+
+    def body(p, in_blocks, image, end, pixels):
+        code = byte(p)
+        # At a block's start: an extension (0x21, label) or an image descriptor (0x2C, 9 bytes,
+        # local colour table, LZW code size); anything else (0x3B, the trailer) ends the walk.
+        is_ext, is_image = tf.equal(code, 0x21), tf.equal(code, 0x2C)
+        start_next = tf.where(is_ext, p + 2, tf.where(is_image, p + 11 + table(byte(p + 9)), n))
+        frame = _uint(b, p + 5, 2, True) * _uint(b, p + 7, 2, True)
+        # Inside data sub-blocks (a size byte, then that many bytes; size 0 ends them).
+        last = tf.equal(code, 0)
+        sub_next = p + 1 + code
+        done = last & image
+        return (tf.where(in_blocks, tf.where(done, n, sub_next), start_next),
+                tf.where(in_blocks, ~last, is_ext | is_image),
+                tf.where(in_blocks, image, image | is_image),
+                tf.where(in_blocks & done, p + 1, end),
+                tf.where(~in_blocks & is_image, frame, pixels))
+
+    start = 13 + table(byte(10))
+    _, _, _, end, pixels = tf.while_loop(
+        lambda p, in_blocks, image, end, pixels: (end < 0) & (p < n), body,
+        (start, tf.constant(False), tf.constant(False), tf.constant(-1, tf.int64), tf.constant(0, tf.int64)))
+    return end, pixels
+
+
+def _decode_gif_first_frame(data: tf.Tensor) -> tf.Tensor:
+    """A GIF's first frame as RGB, the file cut after it (the other frames are never decoded);
+    refused when it holds no complete frame or its frame is above MAX_PIXELS."""
+    end, pixels = _gif_first_frame(tf.io.decode_raw(data, tf.uint8))
+    checks = [tf.debugging.assert_non_negative(end, message="GIF without a complete first frame"),
+              tf.debugging.assert_less_equal(pixels, tf.constant(MAX_PIXELS, tf.int64),
+                                             message=f"GIF frame too large (more than {MAX_PIXELS} pixels; "
+                                                     f"decompression bomb guard)")]
+    with tf.control_dependencies(checks):
+        first = tf.strings.join([tf.strings.substr(data, tf.constant(0, tf.int64), tf.maximum(end, 0)), b";"])
+    return tf.io.decode_gif(first)[0]
+
+
 def _decode_other(data: tf.Tensor) -> tf.Tensor:
-    """PNG, WebP, GIF (first frame), BMP -> 8-bit RGB: grey replicated, alpha composited on white."""
-    image = tf.io.decode_image(data, expand_animations=False)
+    """PNG, WebP, GIF (first frame only), BMP -> 8-bit RGB: grey replicated, alpha composited on white."""
+    image = tf.cond(_is_gif(data), lambda: _decode_gif_first_frame(data),
+                    lambda: tf.io.decode_image(data, expand_animations=False))
     grey = lambda x: tf.tile(x, [1, 1, 3])  # noqa: E731
     return tf.switch_case(tf.shape(image)[2] - 1, [
         lambda: grey(image[..., :1]),
@@ -209,20 +263,34 @@ def _lanczos_pass(image: tf.Tensor, axis: int, offset: tf.Tensor, side: tf.Tenso
 
 
 def _declared_pixels(data: tf.Tensor) -> tf.Tensor:
-    """Width x height from a JPEG's or PNG's header (0 for other formats), before decoding."""
-    # Padded: the header reads need 24 bytes even of an empty or truncated file.
-    head = tf.io.decode_raw(tf.strings.join([tf.strings.substr(data, 0, 24), b"\x00" * 24]), tf.uint8)
+    """Width x height from a JPEG's, PNG's, GIF's (its logical screen, what decode_gif allocates),
+    BMP's or WebP's header (0 for other formats), before decoding."""
+    # Padded: the header reads need 30 bytes even of an empty or truncated file.
+    head = tf.io.decode_raw(tf.strings.join([tf.strings.substr(data, 0, 30), b"\x00" * 30]), tf.uint8)
     jpeg = lambda: tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64))  # noqa: E731
-    return tf.cond(tf.io.is_jpeg(data), jpeg,
-                   lambda: tf.where(_is(head, 0, _PNG_SIGNATURE), _uint(head, 16, 4, False) * _uint(head, 20, 4, False),
-                                    tf.constant(0, tf.int64)))
+    png = _uint(head, 16, 4, False) * _uint(head, 20, 4, False)
+    gif = _uint(head, 6, 2, True) * _uint(head, 8, 2, True)
+    # BMP: 32-bit signed width and height (a negative height: rows stored top-down).
+    signed = lambda v: tf.minimum(v, 2**32 - v)  # noqa: E731
+    bmp = signed(_uint(head, 18, 4, True)) * signed(_uint(head, 22, 4, True))
+    # WebP: the canvas of an extended file (VP8X: 24-bit width-1, height-1), else the bitstream's
+    # own 14-bit sizes (VP8L: width-1, height-1 packed; VP8: width, height after the start code).
+    lossless = _uint(head, 21, 4, True)
+    webp = tf.where(_is(head, 12, b"VP8X"), (_uint(head, 24, 3, True) + 1) * (_uint(head, 27, 3, True) + 1), tf.where(
+        _is(head, 12, b"VP8L"), (lossless % 2**14 + 1) * (lossless // 2**14 % 2**14 + 1),
+        (_uint(head, 26, 2, True) % 2**14) * (_uint(head, 28, 2, True) % 2**14)))
+    is_webp = _is(head, 0, b"RIFF") & _is(head, 8, b"WEBP")
+    other = tf.where(_is(head, 0, _PNG_SIGNATURE), png, tf.where(
+        _is(head, 0, b"GIF8"), gif, tf.where(_is(head, 0, b"BM"), bmp, tf.where(
+            is_webp, webp, tf.constant(0, tf.int64)))))
+    return tf.cond(tf.io.is_jpeg(data), jpeg, lambda: other)
 
 
 def decode_for_model(data: tf.Tensor, size: int) -> tf.Tensor:
     """One encoded file -> uint8 [size, size, 3] BGR: pipeline.decode.decode_image in TensorFlow ops.
 
-    JPEGs and PNGs above decode_image's MAX_PIXELS are refused before decoding (its decompression
-    bomb guard); other formats are decoded without that check."""
+    JPEGs, PNGs, GIFs, BMPs and WebPs above decode_image's MAX_PIXELS are refused before decoding
+    (its decompression bomb guard); of a GIF only the first frame is decoded (as Pillow's first frame)."""
     too_large = tf.debugging.assert_less_equal(
         _declared_pixels(data), tf.constant(MAX_PIXELS, tf.int64),
         message=f"image too large (more than {MAX_PIXELS} pixels; decompression bomb guard)")

@@ -10,7 +10,7 @@ import os
 from PIL import Image, ImageDraw, ImageFont
 
 from model.inference.inputs import IMAGE_EXTENSIONS
-from pipeline.files import is_remote
+from pipeline.files import is_remote, replacing
 from model.inference.prepare import CROP_INPUT
 from pipeline.errors import DataError
 
@@ -83,11 +83,17 @@ def save_annotated(out_dir: str, prepared) -> str:
     target = annotated_path(out_dir, prepared.path)
     image = draw_results(prepared.picture, prepared)
     try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if target.lower().endswith((".jpg", ".jpeg")):
-            image.save(target, quality=90)
-        else:
-            image.save(target)
+        # The outputs check refuses this before any work; a link made since must not lose the input.
+        if not is_remote(prepared.path) and os.path.exists(target) and os.path.samefile(target, prepared.path):
+            raise DataError(f"the annotated picture {target} is the input {prepared.path}; pass another "
+                            f"`annotate_dir` folder")
+        # Written beside and renamed: a picture there is replaced whole, never written through
+        # (a hard link there to another file leaves that file as it is).
+        with replacing(target, suffix=os.path.splitext(target)[1]) as partial:
+            if target.lower().endswith((".jpg", ".jpeg")):
+                image.save(partial, quality=90)
+            else:
+                image.save(partial)
     except (OSError, ValueError) as err:
         raise DataError(f"cannot write the annotated picture {target} ({getattr(err, 'strerror', None) or err}); "
                         f"pass a writable `annotate_dir` folder") from None
