@@ -25,6 +25,10 @@ tf.config.set_logical_device_configuration(
 )
 
 CLI = [sys.executable, os.path.join(ROOT, "cli.py")]
+# The safety and guard tests' small inputs: records and models at the slim network's smallest input
+# (fast everywhere; scores are beside the point there), preprocessed by Beam in this process.
+SMALL_SIZE = 32
+IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +92,44 @@ def model(classifier_path):
     from model.network.head import load_classifier
 
     return load_classifier(classifier_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> str:
+    """A small Adience tree without bad files (12 training, 6 validation images)."""
+    from pipeline.synthetic.tree import make_adience_tree
+
+    root = str(tmp_path_factory.mktemp("tiny") / "adience")
+    make_adience_tree(root, n_train=12, n_valid=6, image_size=48, seed=3, bad_files=False, variety=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_records(tiny_root, tmp_path_factory) -> str:
+    """tiny_root's records at SMALL_SIZE (read-only: damage a copy, the `records` fixture)."""
+    from pipeline.preprocess.job import run_preprocess
+
+    out = str(tmp_path_factory.mktemp("tiny_records") / "records")
+    run_preprocess(tiny_root, out, image_size=SMALL_SIZE, train_shards=2, valid_shards=2, beam_args=IN_MEMORY)
+    return out
+
+
+@pytest.fixture
+def records(tiny_records, tmp_path) -> str:
+    """A private copy of tiny_records, free to damage."""
+    import shutil
+
+    copy = str(tmp_path / "records")
+    shutil.copytree(tiny_records, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def small_model(slim_t7, tmp_path_factory) -> str:
+    """An untrained slim classifier at SMALL_SIZE (read-only: copy it to change it)."""
+    from model.network.backbone import load_backbone
+    from model.network.head import build_classifier
+
+    path = str(tmp_path_factory.mktemp("small_model") / "small.keras")
+    build_classifier(load_backbone(slim_t7, image_size=SMALL_SIZE), freeze_through="none").save(path)
+    return path

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,43 +21,8 @@ import pytest
 from pipeline.preprocess.job import run_preprocess
 from pipeline.records import decode_example, encode_example
 from pipeline.schema import MANIFEST_NAME
-from pipeline.synthetic.tree import make_adience_tree
 
 from .test_safety import IN_MEMORY, SIZE, main, manifest_of, refused
-
-
-@pytest.fixture(scope="module")
-def guard_root(tmp_path_factory) -> str:
-    """A small Adience tree (12 training, 6 validation images)."""
-    root = str(tmp_path_factory.mktemp("guards") / "adience")
-    make_adience_tree(root, n_train=12, n_valid=6, image_size=48, seed=5, bad_files=False, variety=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def guard_records(guard_root, tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("guards_records") / "records")
-    run_preprocess(guard_root, out, image_size=SIZE, train_shards=2, valid_shards=2, beam_args=IN_MEMORY)
-    return out
-
-
-@pytest.fixture
-def records(guard_records, tmp_path) -> str:
-    """A private copy of the records, free to damage."""
-    copy = str(tmp_path / "records")
-    shutil.copytree(guard_records, copy)
-    return copy
-
-
-@pytest.fixture(scope="module")
-def small_model(slim_t7, tmp_path_factory) -> str:
-    """An (untrained) slim classifier at SIZE."""
-    from model.network.backbone import load_backbone
-    from model.network.head import build_classifier
-
-    path = str(tmp_path_factory.mktemp("guards_model") / "small.keras")
-    build_classifier(load_backbone(slim_t7, image_size=SIZE), freeze_through="none").save(path)
-    return path
 
 
 def _records_of(path: str) -> list[bytes]:
@@ -116,22 +80,22 @@ def test_the_label_rule_is_one_function():
 
 # ----------------------------------------------------------------------------- 9. seed range
 @pytest.mark.parametrize("seed", ["-1", str(2 ** 63 - 1), str(2 ** 31 - 1)])
-def test_train_refuses_a_seed_out_of_range_in_one_line(slim_t7, guard_records, tmp_path, seed):
-    refused(main("train", "-w", slim_t7, "-i", guard_records, "-o", tmp_path / "m.keras", "--seed", seed),
+def test_train_refuses_a_seed_out_of_range_in_one_line(slim_t7, tiny_records, tmp_path, seed):
+    refused(main("train", "-w", slim_t7, "-i", tiny_records, "-o", tmp_path / "m.keras", "--seed", seed),
             "--seed must be a whole number in [0, 2147483646]", f"got {seed}")
     assert not os.listdir(tmp_path)
 
 
-def test_the_config_check_names_the_seed_field(slim_t7, guard_records, tmp_path):
+def test_the_config_check_names_the_seed_field(slim_t7, tiny_records, tmp_path):
     from model.errors import ModelError
     from model.training.config import MAX_SEED, TrainConfig, check_config
 
     for seed in (-1, 2 ** 63 - 1, MAX_SEED + 1, 1.5):
         with pytest.raises(ModelError, match="`seed`") as caught:
-            check_config(TrainConfig(weights=slim_t7, records=guard_records, output=str(tmp_path / "m.keras"),
+            check_config(TrainConfig(weights=slim_t7, records=tiny_records, output=str(tmp_path / "m.keras"),
                                      seed=seed))
         assert caught.value.field == "seed"
-    check_config(TrainConfig(weights=slim_t7, records=guard_records, output=str(tmp_path / "m.keras"),
+    check_config(TrainConfig(weights=slim_t7, records=tiny_records, output=str(tmp_path / "m.keras"),
                              seed=MAX_SEED))
 
 
@@ -161,10 +125,10 @@ def held_by_another_process(path: str, folder: bool):
         proc.wait()
 
 
-def test_a_second_train_into_the_same_output_is_refused_saying_who_holds_it(slim_t7, guard_records, tmp_path):
+def test_a_second_train_into_the_same_output_is_refused_saying_who_holds_it(slim_t7, tiny_records, tmp_path):
     out = tmp_path / "m.keras"
     with held_by_another_process(out, folder=False) as pid:
-        line = refused(main("train", "-w", slim_t7, "-i", guard_records, "-o", out),
+        line = refused(main("train", "-w", slim_t7, "-i", tiny_records, "-o", out),
                        "-o/--output", str(out), "in use by another run", f"pid {pid} on host {socket.gethostname()}")
     assert "since 20" in line
     assert not out.exists() and not (tmp_path / "m.ckpt").exists()
@@ -176,14 +140,14 @@ def test_a_second_train_into_the_same_output_is_refused_saying_who_holds_it(slim
     assert not os.path.exists(lock_file_of(str(out), folder=False))
 
 
-def test_a_second_preprocess_into_the_same_out_is_refused_and_the_lock_is_held_while_it_runs(guard_root, tmp_path):
+def test_a_second_preprocess_into_the_same_out_is_refused_and_the_lock_is_held_while_it_runs(tiny_root, tmp_path):
     from pipeline.errors import DataError
     from pipeline.files import LOCK_NAME, output_lock
     from pipeline.preprocess.events import Started
 
     out = tmp_path / "records"
     with held_by_another_process(out, folder=True) as pid:
-        refused(main("preprocess", "-i", guard_root, "-o", out, "--image-size", SIZE, *IN_MEMORY),
+        refused(main("preprocess", "-i", tiny_root, "-o", out, "--image-size", SIZE, *IN_MEMORY),
                 "-o/--output", "in use by another run", f"pid {pid} on host")
     assert os.listdir(out) == [LOCK_NAME]     # nothing written; the killed holder's lock file stays, its lock is gone
     tried = []
@@ -196,21 +160,21 @@ def test_a_second_preprocess_into_the_same_out_is_refused_and_the_lock_is_held_w
             except DataError as err:
                 tried.append(str(err))
 
-    run_preprocess(guard_root, str(out), image_size=SIZE, beam_args=IN_MEMORY, progress=progress)
+    run_preprocess(tiny_root, str(out), image_size=SIZE, beam_args=IN_MEMORY, progress=progress)
     assert len(tried) == 1 and f"pid {os.getpid()}" in tried[0]
     assert MANIFEST_NAME in os.listdir(out) and LOCK_NAME not in os.listdir(out)
 
 
 # ----------------------------------------------------------------------------- 10. content hashes
-def test_preprocess_writes_each_shards_sha256_and_the_schema_version(guard_records):
+def test_preprocess_writes_each_shards_sha256_and_the_schema_version(tiny_records):
     from pipeline.schema import SCHEMA_VERSION
 
-    body = manifest_of(guard_records)
+    body = manifest_of(tiny_records)
     assert body["schema_version"] == SCHEMA_VERSION == 2
     for split in body["splits"].values():
         assert len(split["shard_sha256"]) == len(split["shards"])
         for name, digest in zip(split["shards"], split["shard_sha256"]):
-            with open(os.path.join(guard_records, name), "rb") as f:
+            with open(os.path.join(tiny_records, name), "rb") as f:
                 assert hashlib.sha256(f.read()).hexdigest() == digest
 
 
@@ -286,10 +250,10 @@ def test_one_swapped_shard_is_refused_by_train_and_evaluate_and_named_by_shard_c
     assert manifest_of(records) == before
 
 
-def test_a_symlinked_shard_is_refused_in_one_line(small_model, records, guard_records, tmp_path):
+def test_a_symlinked_shard_is_refused_in_one_line(small_model, records, tiny_records, tmp_path):
     name = manifest_of(records)["splits"]["valid"]["shards"][0]
     os.remove(os.path.join(records, name))
-    os.symlink(os.path.join(guard_records, name), os.path.join(records, name))   # the same bytes, elsewhere
+    os.symlink(os.path.join(tiny_records, name), os.path.join(records, name))   # the same bytes, elsewhere
     refused(main("evaluate", "-m", small_model, "-i", records, "--report-dir", tmp_path / "r"),
             os.path.join(records, name), "symbolic link")
 
@@ -335,11 +299,11 @@ def _tree(folder) -> dict[str, bytes]:
     return out
 
 
-def test_a_report_killed_while_rewritten_leaves_the_old_report_whole(guard_records, tmp_path, monkeypatch):
+def test_a_report_killed_while_rewritten_leaves_the_old_report_whole(tiny_records, tmp_path, monkeypatch):
     from model.evaluation import report as report_module
 
     report_dir = tmp_path / "report"
-    report_module.write_report(_evaluation(guard_records), str(report_dir))
+    report_module.write_report(_evaluation(tiny_records), str(report_dir))
     before = _tree(report_dir)
     assert "report.json" in before and "valid_roc.png" in before and "model_card.md" in before
 
@@ -348,12 +312,12 @@ def test_a_report_killed_while_rewritten_leaves_the_old_report_whole(guard_recor
 
     monkeypatch.setattr(report_module, "write_predictions_csv", killed)
     with pytest.raises(KeyboardInterrupt):
-        report_module.write_report(_evaluation(guard_records), str(report_dir))
+        report_module.write_report(_evaluation(tiny_records), str(report_dir))
     assert _tree(report_dir) == before
     assert os.listdir(tmp_path) == ["report"]          # no temporary folder left beside it
 
 
-def test_ctrl_c_while_writing_plots_writes_no_report_and_says_so(small_model, guard_records, tmp_path, monkeypatch):
+def test_ctrl_c_while_writing_plots_writes_no_report_and_says_so(small_model, tiny_records, tmp_path, monkeypatch):
     from model.evaluation import plots
 
     calls = []
@@ -366,17 +330,17 @@ def test_ctrl_c_while_writing_plots_writes_no_report_and_says_so(small_model, gu
             raise KeyboardInterrupt
 
     monkeypatch.setattr(plots, "save", save_then_interrupt)
-    proc = main("evaluate", "-m", small_model, "-i", guard_records, "--report-dir", tmp_path / "r")
+    proc = main("evaluate", "-m", small_model, "-i", tiny_records, "--report-dir", tmp_path / "r")
     assert proc.returncode == 130 and "no report was written" in proc.stderr
     assert len(calls) == 2 and os.listdir(tmp_path) == []
 
 
-def test_report_folder_problems_are_found_before_evaluating(small_model, guard_records, tmp_path, monkeypatch):
+def test_report_folder_problems_are_found_before_evaluating(small_model, tiny_records, tmp_path, monkeypatch):
     import model.evaluation.evaluate as evaluate_module
 
     # A report.json that is a folder: the report replaces its folder whole, so it simply works.
     (tmp_path / "r" / "report.json").mkdir(parents=True)
-    assert main("evaluate", "-m", small_model, "-i", guard_records, "--report-dir", tmp_path / "r").returncode == 0
+    assert main("evaluate", "-m", small_model, "-i", tiny_records, "--report-dir", tmp_path / "r").returncode == 0
     assert os.path.isfile(tmp_path / "r" / "report.json")
 
     def never(*args, **kwargs):
@@ -385,13 +349,13 @@ def test_report_folder_problems_are_found_before_evaluating(small_model, guard_r
     monkeypatch.setattr(evaluate_module, "evaluate", never)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    refused(main("evaluate", "-m", small_model, "-i", guard_records, "--report-dir", tmp_path / "mine"),
+    refused(main("evaluate", "-m", small_model, "-i", tiny_records, "--report-dir", tmp_path / "mine"),
             "--report-dir", "not an earlier report")
     (tmp_path / "file").write_text("x")
-    refused(main("evaluate", "-m", small_model, "-i", guard_records, "--report-dir", tmp_path / "file"),
+    refused(main("evaluate", "-m", small_model, "-i", tiny_records, "--report-dir", tmp_path / "file"),
             "--report-dir")
     os.symlink(tmp_path / "r", tmp_path / "link")
-    refused(main("evaluate", "-m", small_model, "-i", guard_records, "--report-dir", tmp_path / "link"),
+    refused(main("evaluate", "-m", small_model, "-i", tiny_records, "--report-dir", tmp_path / "link"),
             "--report-dir", "symbolic link")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
@@ -409,7 +373,7 @@ if os.environ.get("GC_TEST_SLOW_SHARDS"):
 """
 
 
-def test_sigint_to_the_launcher_alone_ends_its_workers_quietly_and_leaves_no_temp_folder(guard_root, tmp_path):
+def test_sigint_to_the_launcher_alone_ends_its_workers_quietly_and_leaves_no_temp_folder(tiny_root, tmp_path):
     import signal
     import time
 
@@ -425,7 +389,7 @@ def test_sigint_to_the_launcher_alone_ends_its_workers_quietly_and_leaves_no_tem
            "PYTHONPATH": os.pathsep.join([str(hooks), ROOT, os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "records"
     err = open(tmp_path / "stderr.txt", "w+")
-    proc = subprocess.Popen([*CLI, "preprocess", "-i", guard_root, "-o", str(out), "--image-size", str(SIZE),
+    proc = subprocess.Popen([*CLI, "preprocess", "-i", tiny_root, "-o", str(out), "--image-size", str(SIZE),
                              "--direct_running_mode=multi_processing", "--direct_num_workers=1"],
                             stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, env=env)
     try:
@@ -453,11 +417,11 @@ def test_sigint_to_the_launcher_alone_ends_its_workers_quietly_and_leaves_no_tem
     assert [n for n in os.listdir(out) if n.startswith(".tmp-")] == []
 
 
-def test_a_rerun_removes_an_unlocked_temp_folder_at_once(guard_root, tmp_path):
+def test_a_rerun_removes_an_unlocked_temp_folder_at_once(tiny_root, tmp_path):
     out = tmp_path / "records"
     leftover = out / ".tmp-0123456789ab"        # an orphaned worker re-created it after its run ended
     (leftover / "progress").mkdir(parents=True)
     (leftover / "progress" / "train-00000.json").write_text("{}")
-    summary = run_preprocess(guard_root, str(out), image_size=SIZE, beam_args=IN_MEMORY)
+    summary = run_preprocess(tiny_root, str(out), image_size=SIZE, beam_args=IN_MEMORY)
     assert summary.stale_removed == [".tmp-0123456789ab"] and summary.busy_temp == []
     assert not leftover.exists()

@@ -25,17 +25,6 @@ from tests.test_safety import digests, main, refused
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
-def small_model(slim_t7, tmp_path_factory) -> str:
-    """An untrained slim classifier at SIZE."""
-    from model.network.backbone import load_backbone
-    from model.network.head import build_classifier
-
-    path = str(tmp_path_factory.mktemp("guards_model") / "small.keras")
-    build_classifier(load_backbone(slim_t7, image_size=SIZE), freeze_through="none").save(path)
-    return path
-
-
 def face_file(path, seed: int = 0) -> str:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(path)

@@ -23,14 +23,10 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.preprocess.job import run_preprocess
 from pipeline.schema import MANIFEST_NAME, REJECTS_NAME
-from pipeline.synthetic.tree import make_adience_tree
 
-from .conftest import CLI, ROOT
-
-IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-SIZE = 32          # records and models at the slim network's smallest input: fast everywhere
+from .conftest import CLI, IN_MEMORY, ROOT
+from .conftest import SMALL_SIZE as SIZE
 TIMEOUT = 300      # a hang (FIFO) fails the test instead of blocking the suite
 
 
@@ -100,40 +96,6 @@ def manifest_of(out) -> dict:
 def preprocess(root, out, *extra) -> subprocess.CompletedProcess:
     return run("preprocess", "-i", root, "-o", out, "--image-size", SIZE, "--train-shards", 2,
                "--valid-shards", 2, *IN_MEMORY, *extra)
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> str:
-    """A small Adience tree without bad files (12 training, 6 validation images)."""
-    root = str(tmp_path_factory.mktemp("safety") / "adience")
-    make_adience_tree(root, n_train=12, n_valid=6, image_size=48, seed=3, bad_files=False, variety=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_records(tiny_root, tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("safety_records") / "records")
-    run_preprocess(tiny_root, out, image_size=SIZE, train_shards=2, valid_shards=2, beam_args=IN_MEMORY)
-    return out
-
-
-@pytest.fixture
-def records(tiny_records, tmp_path) -> str:
-    """A private copy of the records, free to damage."""
-    copy = str(tmp_path / "records")
-    shutil.copytree(tiny_records, copy)
-    return copy
-
-
-@pytest.fixture(scope="module")
-def small_model(slim_t7, tmp_path_factory) -> str:
-    """An (untrained) slim classifier at SIZE: scores are beside the point of these tests."""
-    from model.network.backbone import load_backbone
-    from model.network.head import build_classifier
-
-    path = str(tmp_path_factory.mktemp("safety_model") / "small.keras")
-    build_classifier(load_backbone(slim_t7, image_size=SIZE), freeze_through="none").save(path)
-    return path
 
 
 def an_image(root: str) -> str:
