@@ -41,6 +41,18 @@ def fmt(value) -> str:
     return str(value)
 
 
+def kept_sections(rerun: set[str]) -> list[str]:
+    """The sections of the current RESULTS.md that this run does not remake (tables measured by hand,
+    e.g. feature_scale_table's, which takes hours): a rerun of the rest must not erase them."""
+    try:
+        with open(os.path.join(HERE, "RESULTS.md")) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    sections = text.split("\n## ")[1:]
+    return [f"## {body.rstrip()}\n" for body in sections if body.split()[0] not in rerun]
+
+
 def main() -> int:
     scripts = sorted(glob.glob(os.path.join(HERE, "bench_*.py")))
     results = [run_script(s) for s in scripts]
@@ -58,6 +70,7 @@ def main() -> int:
         for row in r["rows"]:
             out.append("| " + " | ".join(fmt(row.get(c)) for c in COLUMNS) + " |")
         out += [""] + [f"- {n}" for n in r.get("notes", [])] + [""]
+    out += kept_sections({r["bench"] for r in results})
     with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
         f.write("\n".join(out))
     print(f"wrote {os.path.join(HERE, 'RESULTS.md')}")
