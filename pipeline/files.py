@@ -109,6 +109,8 @@ def replacing(path: str, suffix: str = "") -> Iterator[str]:
 def _remove_dead_partials(folder: str, base: str) -> None:
     """Remove the `.partial` files of `base` that killed processes left (`replacing` names them
     .BASE.PID.partial); a live process's is left alone."""
+    from pipeline.preprocess.worker import process_alive     # stdlib only: no Beam imported
+
     prefix = f".{base}."
     try:
         names = os.listdir(folder)
@@ -116,14 +118,7 @@ def _remove_dead_partials(folder: str, base: str) -> None:
         return
     for name in names:
         pid = name[len(prefix):-len(".partial")] if name.startswith(prefix) and name.endswith(".partial") else ""
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue                      # alive (or not ours to signal): leave it
-        except ProcessLookupError:
-            pass
-        except OSError:
+        if not pid.isdigit() or int(pid) == os.getpid() or process_alive(int(pid)):
             continue
         try:
             os.remove(os.path.join(folder, name))
