@@ -368,16 +368,15 @@ def cmd_evaluate(args) -> int:
     from model.evaluation.evaluate import evaluate
     from model.evaluation.report import check_report_dir, default_report_dir, write_report
 
-    _check_outputs([(args.report_dir or default_report_dir(args.model), "dir", "--report-dir")],
-                   [(args.model, "-m"), (args.input, "-i")])
-    check_report_dir(args.report_dir or default_report_dir(args.model))     # before any evaluation
+    report_dir = args.report_dir or default_report_dir(args.model)
+    _check_outputs([(report_dir, "dir", "--report-dir")], [(args.model, "-m"), (args.input, "-i")])
+    check_report_dir(report_dir)     # before any evaluation
     if args.folds:
         return _evaluate_folds(args)
     evaluation = evaluate(args.model, args.input, split=args.split or "valid", batch_size=args.batch_size,
                           memory=args.memory, strategy=args.strategy, progress=ScoringBars(), tta=args.tta,
                           threshold=args.threshold, calibrate_on=args.calibrate_on,
                           store_calibration=args.store_calibration, store_threshold=args.store_threshold)
-    report_dir = args.report_dir or default_report_dir(args.model)
     try:
         report = write_report(evaluation, report_dir)
     except OSError as err:
