@@ -77,3 +77,20 @@ def test_default_head_reaches_the_linear_probe_at_any_feature_scale(cue, scale, 
     assert reference >= FLOOR, f"the generated {cue} set is not linearly separable enough: {reference}"
     assert accuracy >= FLOOR and accuracy >= reference - TOLERANCE, (cue, scale, accuracy, reference,
                                                                      result.history)
+
+
+def test_large_references_run_in_float32_with_the_same_answer(backbones, records, monkeypatch):
+    """Above FLOAT64_LIMIT bytes of training features the reference keeps them in float32 (2,000
+    full-width images would be 6.4 GB in float64); the probe's accuracy and the RMS do not change."""
+    from model.evaluation import linear_probe as module
+
+    cut = cut_model(backbones[1.0], SIZE)
+    seen = []
+    real = module.frozen_features
+    monkeypatch.setattr(module, "frozen_features", lambda *a: seen.append(a[-1]) or real(*a))
+    exact = linear_probe(cut, records["shape"])
+    monkeypatch.setattr(module, "FLOAT64_LIMIT", 0)
+    small = linear_probe(cut, records["shape"])
+    assert seen == [np.float64, np.float64, np.float32, np.float32]
+    assert small.accuracy == exact.accuracy
+    assert small.train_feature_rms == pytest.approx(exact.train_feature_rms, rel=1e-5)
