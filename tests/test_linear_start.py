@@ -75,3 +75,34 @@ def test_same_seed_same_start(records_dir, slim_t7, tmp_path):
     digests = [_train(records_dir, slim_t7, tmp_path / str(k), epochs=1, augment=False)[0].weights_digest
                for k in range(2)]
     assert digests[0] == digests[1]
+
+
+
+def test_the_kept_features_are_bounded():
+    from model.network.feature_stats import FEATURE_MEMORY_BYTES, images_to_keep
+
+    assert FEATURE_MEMORY_BYTES == 1 << 30
+    assert images_to_keep(512, 28 * 28 * 512) == 512        # the default cut, full width: all 512 (0.8 GB)
+    assert images_to_keep(512, 56 * 56 * 256) == 334        # relu3_3, full width: 1 GiB / 3.2 MB
+    assert images_to_keep(512, 10 ** 12) == 1
+
+
+def test_a_larger_cut_layer_fits_the_start_on_the_images_that_fit(records_dir, slim_t7, tmp_path, monkeypatch):
+    """At a cut layer whose features would pass the memory bound, the start is fitted on the first
+    images that fit (FEATURE_MEMORY_BYTES / 4 bytes / features), and training goes on from it."""
+    from model.network import feature_stats
+
+    per_image = {}
+    real = feature_stats.images_to_keep
+
+    def ten_images_fit(max_images, feature_count):
+        per_image["features"] = feature_count
+        monkeypatch.setattr(feature_stats, "FEATURE_MEMORY_BYTES", 10 * 4 * feature_count + 3)
+        return real(max_images, feature_count)
+
+    monkeypatch.setattr(feature_stats, "images_to_keep", ten_images_fit)
+    result, seen = _train(records_dir, slim_t7, tmp_path, epochs=1, augment=False, cut_layer="relu3_3",
+                          freeze_through="relu3_3")
+    fitted = [e for e in seen if isinstance(e, events.LinearStartFitted)]
+    assert len(fitted) == 1 and fitted[0].images == 10 and fitted[0].features == per_image["features"]
+    assert [row["epoch"] for row in result.history] == [0, 1]
