@@ -22,7 +22,12 @@ feature count and scale), c on the grid LAMBDA_GRID; 5-fold cross-validation ove
 (folds by a fixed permutation), choosing the c with the lowest held-out log-loss (log-loss rather
 than accuracy: the start's logits are the head's starting confidence, and must be calibrated).
 The standardization statistics come from all n images, held-out folds included (a small optimism,
-inside the training images only).
+inside the training images only). Measured (bench/linear_start_vs_probe.py: six generated sets, 200
+training / 300 validation faces, slim, 1x): the start's validation accuracy is flat for c from 1e-7
+to 1e-2 and falls beyond; the CV choice lands in that plateau, and the start is 1.2 points over
+scikit-learn's probe (C=1 on StandardScaler features) on average, never under. The one difference
+from that probe is the head's variance floor (head.py), which the fit inherits: without it the start
+matches the probe (-0.1 points on average).
 """
 from __future__ import annotations
 
