@@ -21,20 +21,13 @@ import argparse
 import csv
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-CLI = [sys.executable, os.path.join(ROOT, "cli.py")]
-
-
-def run(args: list[str]) -> None:
-    proc = subprocess.run(CLI + args, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"failed: cli.py {' '.join(args)}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+from bench.feature_scale_table import run  # noqa: E402  (the same cli.py runner)
 
 
 def unfloored_start_accuracy(x_train, y_train, x_valid, y_valid) -> float:
