@@ -34,9 +34,8 @@ def main() -> None:
 
     from model.defaults import DEFAULT_STATS_IMAGES
     from model.network.feature_stats import cut_feature_statistics
-    from model.network.head import OUTPUT_LAYER, STANDARDIZE_LAYER, floored_variance
-    from model.network.linear_start import fit_linear_start
-    from model.training.start import DENSE_LAYER
+    from model.network.head import OUTPUT_LAYER, STANDARDIZE_LAYER
+    from model.training.start import DENSE_LAYER, fit_start
 
     model = keras.models.load_model(args.model, compile=False)
     # The cut layer: the one before head_flatten (the classifier is one chain of layers).
@@ -47,7 +46,7 @@ def main() -> None:
     saved = model.get_layer(STANDARDIZE_LAYER)
     if not np.allclose(saved.moving_mean.numpy(), stats.mean, rtol=1e-4, atol=1e-4 * float(np.abs(stats.mean).max())):
         sys.exit("these records' statistics are not the model's: pass the records and --stats-images it was trained with")
-    start = fit_linear_start(stats.features, stats.labels, stats.mean, floored_variance(stats.variance))
+    start = fit_start(stats)     # as train fits it
     kernel = model.get_layer(DENSE_LAYER).kernel.numpy().astype(np.float64)
     output = model.get_layer(OUTPUT_LAYER).kernel.numpy().ravel()
     w = start.weights

@@ -77,7 +77,6 @@ def test_same_seed_same_start(records_dir, slim_t7, tmp_path):
     assert digests[0] == digests[1]
 
 
-
 def test_the_kept_features_are_bounded():
     from model.network.feature_stats import FEATURE_MEMORY_BYTES, images_to_keep
 

@@ -12,7 +12,7 @@ import keras
 from model.defaults import HEAD_INIT_PROBE, HEAD_INIT_RANDOM, HEAD_STANDARDIZED
 from model.network.feature_stats import FeatureStats
 from model.network.head import OUTPUT_LAYER, floored_variance
-from model.network.linear_start import fit_linear_start, set_linear_start
+from model.network.linear_start import LinearStart, fit_linear_start, set_linear_start
 from model.training import events
 from model.training.config import TrainConfig
 
@@ -28,9 +28,14 @@ def uses_linear_start(config: TrainConfig) -> bool:
     return effective_head_init(config) == HEAD_INIT_PROBE
 
 
+def fit_start(stats: FeatureStats) -> LinearStart:
+    """The probe on the statistics pass's kept features, in the head's (floored) standardization."""
+    return fit_linear_start(stats.features, stats.labels, stats.mean, floored_variance(stats.variance))
+
+
 def apply_linear_start(model: keras.Model, stats: FeatureStats) -> events.LinearStartFitted:
     """Fit the probe on the statistics pass's kept features and write it into the head."""
-    start = fit_linear_start(stats.features, stats.labels, stats.mean, floored_variance(stats.variance))
+    start = fit_start(stats)
     set_linear_start(model, start, DENSE_LAYER, OUTPUT_LAYER)
     return events.LinearStartFitted(images=start.images, features=int(stats.features.shape[1]),
                                     strength=start.strength, cv_accuracy=start.cv_accuracy,
