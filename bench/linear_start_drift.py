@@ -1,10 +1,11 @@
 """How far training moves the linear start (issue #18): a trained model against the start it began from.
 
-A run with --head-init probe begins with head_dense unit 0 = +w and unit 1 = -w (the regression's
-weights over the standardized features; model/network/linear_start.py). This refits that start the
-way `train` does (the first --stats-images training images of the records, the same statistics,
-the same deterministic fit) and compares it with the trained model's units 0 and 1: the median
-|weight| of the start, the median change, the norm ratio and the cosine. A cosine near 1 means
+A run with --head-init probe begins with head_dense unit 0 = +alpha w and unit 1 = -alpha w, weighed
++1/alpha and -1/alpha by male_prob (w: the regression's weights over the standardized features;
+model/network/linear_start.py). This refits that start the way `train` does (the first
+--stats-images training images of the records, the same statistics, the same deterministic fit) and
+compares it with what the trained model's units 0 and 1 carry (the column times its output weight):
+the median |weight| of the start, the median change, the norm ratio and the cosine. A cosine near 1 means
 training refined the start; far below 1 means Adam's steps (about the learning rate per weight per
 step, whatever the gradient's size) have replaced it.
 
@@ -35,6 +36,7 @@ def main() -> None:
     from model.defaults import DEFAULT_STATS_IMAGES
     from model.network.feature_stats import cut_feature_statistics
     from model.network.head import OUTPUT_LAYER, STANDARDIZE_LAYER
+    from model.network.linear_start import start_scale
     from model.training.start import DENSE_LAYER, fit_start
 
     model = keras.models.load_model(args.model, compile=False)
@@ -54,13 +56,14 @@ def main() -> None:
           f"(strength c = {start.strength:g})")
     print("| unit | median abs(start) | median abs(trained - start) | norm trained / start | cosine |")
     print("|---|---|---|---|---|")
-    for unit, sign in ((0, 1.0), (1, -1.0)):
-        trained = sign * kernel[:, unit]
+    for unit, carries in ((0, "+z"), (1, "-z")):
+        trained = output[unit] * kernel[:, unit]     # the linear function the unit carries: +w for both
         cosine = float(trained @ w / (np.linalg.norm(trained) * np.linalg.norm(w)))
-        print(f"| {unit} ({'+' if sign > 0 else '-'}z) | {np.median(np.abs(w)):.2e} | "
+        print(f"| {unit} ({carries}) | {np.median(np.abs(w)):.2e} | "
               f"{np.median(np.abs(trained - w)):.2e} | {np.linalg.norm(trained) / np.linalg.norm(w):.2f} | {cosine:.3f} |")
-    print(f"output weights of units 0, 1: {output[0]:+.3f}, {output[1]:+.3f} (start: +1, -1); "
-          f"largest of the others: {np.abs(output[2:]).max():.4f} (start: 0)")
+    alpha = start_scale(w, kernel[:, 2:])
+    print(f"output weights of units 0, 1: {output[0]:+.4f}, {output[1]:+.4f} (start: about {1 / alpha:+.4f}, "
+          f"{-1 / alpha:+.4f}); largest of the others: {np.abs(output[2:]).max():.4f} (start: 0)")
 
 
 if __name__ == "__main__":

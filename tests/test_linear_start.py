@@ -105,3 +105,54 @@ def test_a_larger_cut_layer_fits_the_start_on_the_images_that_fit(records_dir, s
     fitted = [e for e in seen if isinstance(e, events.LinearStartFitted)]
     assert len(fitted) == 1 and fitted[0].images == 10 and fitted[0].features == per_image["features"]
     assert [row["epoch"] for row in result.history] == [0, 1]
+
+
+def _wide_head(features: int):
+    import keras
+
+    inputs = keras.Input((features,))
+    hidden = keras.layers.Dropout(0.5, seed=0)(inputs)
+    hidden = keras.layers.Dense(32, activation="relu", name="head_dense",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed=0))(hidden)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="male_prob")(hidden))
+
+
+def test_the_start_survives_adam_on_a_wide_layer():
+    """The probe's weights shrink with the feature count while Adam moves every weight by about the
+    learning rate per step: written at their own scale, 150 steps at 1e-4 turn the start's direction
+    (cosine 0.85 at 20,000 features, 0.69 at 50,000, 0.47 at full-width relu4_2). At the random
+    kernel's scale the start is kept (0.99), and the head computes the same logit at step 0."""
+    import keras
+    import tensorflow as tf
+
+    from model.network.linear_start import set_linear_start
+
+    rng = np.random.default_rng(0)
+    n, d = 1200, 20000
+    latent = rng.normal(size=(n, 16))      # correlated features with a low-dimensional signal, as real ones
+    x = (latent @ (rng.normal(size=(16, d)) * 0.3) + rng.normal(size=(n, d))).astype(np.float32)
+    y = (latent[:, 0] + rng.normal(size=n) * 0.3 > 0).astype(np.float32)
+    start = fit_linear_start(x[:256], y[:256], np.zeros(d), np.ones(d))
+    model = _wide_head(d)
+    initial_rms = float(np.sqrt(np.mean(np.square(model.get_layer("head_dense").kernel.numpy()))))
+    alpha = set_linear_start(model, start, "head_dense", "male_prob")
+    column = model.get_layer("head_dense").kernel.numpy()[:, 0]
+    assert float(np.sqrt(np.mean(np.square(column)))) == pytest.approx(initial_rms, rel=1e-4) and alpha > 3
+    logits = x[900:] @ start.weights + start.bias
+    probs = model(x[900:]).numpy()[:, 0].astype(np.float64)
+    assert np.allclose(probs, 1 / (1 + np.exp(-logits)), atol=1e-4)
+
+    optimizer = keras.optimizers.Adam(1e-4)
+    batches = iter(tf.data.Dataset.from_tensor_slices((x[:900], y[:900])).shuffle(900, seed=0).repeat().batch(32))
+
+    @tf.function
+    def step(images, labels):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.binary_crossentropy(labels[:, None], model(images, training=True)))
+        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+
+    for _ in range(150):
+        step(*next(batches))
+    carried = model.get_layer("male_prob").kernel.numpy()[0, 0] * model.get_layer("head_dense").kernel.numpy()[:, 0]
+    cosine = float(carried @ start.weights / (np.linalg.norm(carried) * np.linalg.norm(start.weights)))
+    assert cosine > 0.95, cosine

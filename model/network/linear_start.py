@@ -4,8 +4,9 @@ At the start of a fresh run the statistics pass (feature_stats.py) keeps the fea
 the first --stats-images training images. On those features, standardized exactly as the head's
 `head_standardize` layer does, this fits an L2-regularized logistic regression and writes it into
 the head so that at step 0 the head's output logit IS the regression's logit z = w.x + b:
-`head_dense` unit 0 computes +z and unit 1 computes -z, and `male_prob` weighs them +1 and -1
-(ReLU(z) - ReLU(-z) = z). The other hidden units keep their random kernels with output weight 0, so
+`head_dense` unit 0 computes +alpha z and unit 1 computes -alpha z, and `male_prob` weighs them
++1/alpha and -1/alpha (ReLU(t) - ReLU(-t) = t; alpha puts the two columns at the scale of the layer's
+random kernel: `set_linear_start` says why). The other hidden units keep their random kernels with output weight 0, so
 they add nothing at step 0 and training can still put them to use. This is "linear probing, then
 fine-tuning" (Kumar et al., ICLR 2022).
 
@@ -168,18 +169,36 @@ def fit_linear_start(features: np.ndarray, labels: np.ndarray, mean: np.ndarray,
                        time.perf_counter() - started)
 
 
-def set_linear_start(model: keras.Model, start: LinearStart, dense: str, output: str) -> None:
-    """Write the probe into the head: `dense` units 0 and 1 compute ReLU(+z) and ReLU(-z), `output`
-    weighs them +1 and -1 and every other unit 0, its bias 0: the output logit is z. The other
-    units' kernels and biases stay as initialized. Assigned outside any replica context: under a
-    tf.distribute strategy every replica's copy gets the same values."""
+def start_scale(weights: np.ndarray, initial_kernel: np.ndarray) -> float:
+    """alpha: the factor that gives the start's columns the RMS of the layer's own random kernel
+    (1 when the probe's weights are all zero: one class)."""
+    rms = float(np.sqrt(np.mean(np.square(weights))))
+    target = float(np.sqrt(np.mean(np.square(initial_kernel))))
+    return target / rms if rms > 0 and target > 0 else 1.0
+
+
+def set_linear_start(model: keras.Model, start: LinearStart, dense: str, output: str) -> float:
+    """Write the probe into the head: `dense` units 0 and 1 compute ReLU(+alpha z) and ReLU(-alpha z),
+    `output` weighs them +1/alpha and -1/alpha and every other unit 0, its bias 0: the output logit
+    is z. The other units' kernels and biases stay as initialized. Returns alpha (start_scale).
+
+    Why alpha: the split of z between the two layers is free, and Adam moves every weight by about
+    the learning rate per step whatever its size. The probe's weights shrink with the feature count
+    (median 1.25e-4 at full-width relu4_2 against 3.2e-3 slim), so written as they are, a few hundred
+    steps at 1e-4 replaced half of the start at full width (bench/linear_start_drift.py: cosine 0.47,
+    2 of 60 validation faces lost). At the scale of the layer's random kernel, which the random start
+    trains from without harm, a step changes the start as little as it changes a random column.
+    Assigned outside any replica context: under a tf.distribute strategy every replica's copy gets
+    the same values."""
     hidden, out = model.get_layer(dense), model.get_layer(output)
     kernel, bias = (np.asarray(v.numpy(), np.float64) for v in (hidden.kernel, hidden.bias))
-    kernel[:, 0], kernel[:, 1] = start.weights, -start.weights
-    bias[0], bias[1] = start.bias, -start.bias
+    alpha = start_scale(start.weights, kernel)
+    kernel[:, 0], kernel[:, 1] = alpha * start.weights, -alpha * start.weights
+    bias[0], bias[1] = alpha * start.bias, -alpha * start.bias
     out_kernel = np.zeros(tuple(out.kernel.shape))
-    out_kernel[0, 0], out_kernel[1, 0] = 1.0, -1.0
+    out_kernel[0, 0], out_kernel[1, 0] = 1.0 / alpha, -1.0 / alpha
     hidden.kernel.assign(kernel.astype(np.float32))
     hidden.bias.assign(bias.astype(np.float32))
     out.kernel.assign(out_kernel.astype(np.float32))
     out.bias.assign(np.zeros(tuple(out.bias.shape), np.float32))
+    return alpha
