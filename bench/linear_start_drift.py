@@ -35,14 +35,14 @@ def main() -> None:
 
     from model.defaults import DEFAULT_STATS_IMAGES
     from model.network.feature_stats import cut_feature_statistics
-    from model.network.head import OUTPUT_LAYER, STANDARDIZE_LAYER
+    from model.network.head import DENSE_LAYER, FLATTEN_LAYER, OUTPUT_LAYER, STANDARDIZE_LAYER
     from model.network.linear_start import start_scale
-    from model.training.start import DENSE_LAYER, fit_start
+    from model.training.start import fit_start
 
     model = keras.models.load_model(args.model, compile=False)
-    # The cut layer: the one before head_flatten (the classifier is one chain of layers).
+    # The cut layer: the one before the head's Flatten (the classifier is one chain of layers).
     names = [layer.name for layer in model.layers]
-    cut = names[names.index("head_flatten") - 1]
+    cut = names[names.index(FLATTEN_LAYER) - 1]
     stats = cut_feature_statistics(model, cut, args.records, ["train"], args.stats_images or DEFAULT_STATS_IMAGES,
                                    keep_features=True)
     saved = model.get_layer(STANDARDIZE_LAYER)

@@ -29,7 +29,8 @@ def main() -> None:
     from model.defaults import DEFAULT_CUT_LAYER
     from model.network.backbone import load_backbone
     from model.network.feature_stats import cut_feature_statistics
-    from model.network.head import build_classifier, set_feature_statistics
+    from model.network.head import (DENSE_LAYER, DROPOUT_LAYER, OUTPUT_LAYER, STANDARDIZE_LAYER, build_classifier,
+                                    set_feature_statistics)
     from model.training.start import apply_linear_start
     from pipeline.manifest import load_manifest
 
@@ -46,11 +47,13 @@ def main() -> None:
         # The head alone, on the kept features (the backbone is frozen: its output is these).
         head_in = keras.Input(stats.features.shape[1:])
         x = head_in
-        for name in ("head_standardize", "head_dropout", "head_dense"):
+        for name in (STANDARDIZE_LAYER, DROPOUT_LAYER, DENSE_LAYER):
             x = model.get_layer(name)(x)
         hidden = x
-        head = keras.Model(head_in, model.get_layer("male_prob")(x))
-        logit_of = keras.Model(head_in, hidden[:, 0] - hidden[:, 1])   # the start's logit: ReLU(z) - ReLU(-z)
+        head = keras.Model(head_in, model.get_layer(OUTPUT_LAYER)(x))
+        # The start's logit: units 0 and 1 carry ReLU(+alpha z) and ReLU(-alpha z), weighed +-1/alpha.
+        weighs = model.get_layer(OUTPUT_LAYER).kernel.numpy()[:2, 0]
+        logit_of = keras.Model(head_in, hidden[:, 0] * weighs[0] + hidden[:, 1] * weighs[1])
         y = stats.labels
 
         def scores(training):

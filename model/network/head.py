@@ -30,10 +30,13 @@ from model.network.vggface import POOL_NAMES
 MODEL_NAME = "gender_classifier"
 OUTPUT_LAYER = "male_prob"
 STANDARDIZE_LAYER = "head_standardize"
+FLATTEN_LAYER = "head_flatten"
+DROPOUT_LAYER = "head_dropout"
+DENSE_LAYER = "head_dense"
 # The head's layer names (fixed, so checkpoints and saved models match by name).
 # The last layer whose output does not depend on the trained input size (fc6 was trained on its 7x7 map).
 LAST_POOL = POOL_NAMES[-1]
-HEAD_LAYERS = ("head_flatten", STANDARDIZE_LAYER, "head_dropout", "head_dense", OUTPUT_LAYER)
+HEAD_LAYERS = (FLATTEN_LAYER, STANDARDIZE_LAYER, DROPOUT_LAYER, DENSE_LAYER, OUTPUT_LAYER)
 # Spellings of "freeze nothing" for freeze_through.
 NO_FREEZE = (None, "", "none")
 # A feature whose variance is below this fraction of the features' mean variance is divided by the
@@ -103,13 +106,13 @@ def build_classifier(backbone: keras.Model, cut_layer: str = DEFAULT_CUT_LAYER,
         standardize = keras.layers.BatchNormalization(center=False, scale=False, epsilon=1e-12,
                                                       name=STANDARDIZE_LAYER)
         standardize.trainable = False
-        x = standardize(keras.layers.Flatten(name="head_flatten")(x))
-        x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+        x = standardize(keras.layers.Flatten(name=FLATTEN_LAYER)(x))
+        x = keras.layers.Dropout(dropout, seed=seed, name=DROPOUT_LAYER)(x)
     else:   # the seed's order
-        x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
-        x = keras.layers.Flatten(name="head_flatten")(x)
+        x = keras.layers.Dropout(dropout, seed=seed, name=DROPOUT_LAYER)(x)
+        x = keras.layers.Flatten(name=FLATTEN_LAYER)(x)
     x = keras.layers.Dense(dense_units, activation="relu" if head == HEAD_STANDARDIZED else None,
-                           name="head_dense", kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
+                           name=DENSE_LAYER, kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
     # float32 whatever the policy: a bfloat16 sigmoid has ~3 significant digits, and the loss
     # and the 0.5 threshold need the probability itself.
     prob = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_LAYER,

@@ -11,12 +11,10 @@ import keras
 
 from model.defaults import HEAD_INIT_PROBE, HEAD_INIT_RANDOM, HEAD_STANDARDIZED
 from model.network.feature_stats import FeatureStats
-from model.network.head import OUTPUT_LAYER, floored_variance
+from model.network.head import DENSE_LAYER, OUTPUT_LAYER, floored_variance
 from model.network.linear_start import LinearStart, fit_linear_start, set_linear_start
 from model.training import events
 from model.training.config import TrainConfig
-
-DENSE_LAYER = "head_dense"
 
 
 def effective_head_init(config: TrainConfig) -> str:
