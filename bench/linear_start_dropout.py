@@ -52,8 +52,8 @@ def main() -> None:
         hidden = x
         head = keras.Model(head_in, model.get_layer(OUTPUT_LAYER)(x))
         # The start's logit: units 0 and 1 carry ReLU(+alpha z) and ReLU(-alpha z), weighed +-1/alpha.
-        weighs = model.get_layer(OUTPUT_LAYER).kernel.numpy()[:2, 0]
-        logit_of = keras.Model(head_in, hidden[:, 0] * weighs[0] + hidden[:, 1] * weighs[1])
+        out_weights = model.get_layer(OUTPUT_LAYER).kernel.numpy()[:2, 0]
+        logit_of = keras.Model(head_in, hidden[:, 0] * out_weights[0] + hidden[:, 1] * out_weights[1])
         y = stats.labels
 
         def scores(training):
