@@ -7,8 +7,8 @@ the head so that at step 0 the head's output logit IS the regression's logit z =
 `head_dense` unit 0 computes +alpha z and unit 1 computes -alpha z, and `male_prob` weighs them
 +1/alpha and -1/alpha (ReLU(t) - ReLU(-t) = t; alpha puts the two columns at the scale of the
 layer's random kernel: `set_linear_start` says why). The other hidden units keep their random
-kernels with output weight 0, so they add nothing at step 0 and training can still put them to use. This is "linear probing, then
-fine-tuning" (Kumar et al., ICLR 2022).
+kernels with output weight 0, so they add nothing at step 0 and training can still put them to use.
+This is "linear probing, then fine-tuning" (Kumar et al., ICLR 2022).
 
 Why written here and not scikit-learn: the fit must run inside `train` on every worker of a
 multi-worker run and give bit-identical weights there, with n (<= 512) images but d up to 400k
